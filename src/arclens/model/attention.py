@@ -1,0 +1,89 @@
+"""Attention kernels: an XLA reference on every backend, cuDNN's fused kernel on GPU.
+
+Layouts are BTNH throughout: q ``[B, T, Hq, hd]``, k/v ``[B, S, Hkv, hd]``. Grouped-query
+attention follows transformers' ``repeat_kv``: query head ``h`` reads KV head ``h // (Hq/Hkv)``.
+
+Which keys a query sees is given by positions and lengths, not by a mask array, so one
+description serves the prefill (``q_positions = arange(T)``, keys = the prompt) and a decode step
+against a longer cache (``q_positions = [pos]``, keys = the cache, ``kv_lengths = pos + 1``):
+key ``s`` is visible to query ``(b, t)`` iff ``s <= q_positions[b, t]`` and ``s < kv_lengths[b]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+ATTN_IMPLS = ("auto", "xla", "cudnn")
+_FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def resolve_impl(attn_impl: str, dtype) -> str:
+    """``auto`` -> ``cudnn`` on a GPU backend with a bf16/fp16 compute dtype, else ``xla``."""
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl={attn_impl!r}; expected one of {ATTN_IMPLS}")
+    if attn_impl != "auto":
+        return attn_impl
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in [jnp.dtype(d) for d in _FUSED_DTYPES]:
+        return "cudnn"
+    return "xla"
+
+
+def visible(q_positions: jax.Array, kv_lengths: jax.Array, kv_len: int) -> jax.Array:
+    """Boolean ``[B, T, S]``: causal and inside each sequence's length (right padding)."""
+    s = jnp.arange(kv_len, dtype=jnp.int32)
+    causal = s[None, None, :] <= q_positions[:, :, None]
+    inside = s[None, None, :] < kv_lengths[:, None, None]
+    return causal & inside
+
+
+def attend_xla(q, k, v, q_positions, kv_lengths) -> jax.Array:
+    """Reference attention; returns ``[B, T, Hq, hd]`` in q's dtype.
+
+    Scores and softmax are computed in float32 whatever the compute dtype (as fused kernels do,
+    and as transformers' eager path does for the softmax); masked scores get the most negative
+    finite float32, so a row with nothing visible gives finite numbers, never NaN.
+    """
+    b, t, hq, hd = q.shape
+    hkv = k.shape[2]
+    g = hq // hkv
+    qg = q.reshape(b, t, hkv, g, hd)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(hd**-0.5)
+    mask = visible(q_positions, kv_lengths, k.shape[1])[:, None, None, :, :]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, hq, hd).astype(q.dtype)
+
+
+def attend_cudnn(q, k, v, q_lengths, kv_lengths, *, causal: bool) -> jax.Array:
+    """cuDNN fused attention (GPU, bf16/fp16, hd a multiple of 8 and <= 256).
+
+    ``causal=True`` is cuDNN's top-left-aligned causal mask: right for a prefill where queries
+    and keys are the same positions, WRONG for a decode step against a longer cache (use
+    ``causal=False`` with ``kv_lengths = pos + 1`` for a single query there). Rows past
+    ``q_lengths`` are zeroed, so padding never carries anything (e.g. a NaN) into later layers.
+    """
+    out = jax.nn.dot_product_attention(
+        q, k, v,
+        scale=q.shape[-1] ** -0.5,
+        is_causal=causal,
+        query_seq_lengths=q_lengths.astype(jnp.int32),
+        key_value_seq_lengths=kv_lengths.astype(jnp.int32),
+        implementation="cudnn",
+    )
+    real = jnp.arange(q.shape[1], dtype=jnp.int32)[None, :] < q_lengths[:, None]
+    return jnp.where(real[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
+def self_attention(q, k, v, lengths, *, impl: str) -> jax.Array:
+    """Prefill attention of a right-padded batch onto itself: queries and keys are positions
+    ``0..T-1``, sequence ``b`` is real up to ``lengths[b]``."""
+    if impl == "cudnn":
+        return attend_cudnn(q, k, v, lengths, lengths, causal=True)
+    if impl != "xla":
+        raise ValueError(f"attention impl {impl!r}; expected 'xla' or 'cudnn' (resolve 'auto' first)")
+    b, t = q.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    return attend_xla(q, k, v, positions, lengths)
