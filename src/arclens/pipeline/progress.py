@@ -1,0 +1,128 @@
+"""Progress while extracting, and the summary at the end.
+
+On a terminal: a rich progress bar (samples, tokens/s, ETA). Anywhere else (cluster logs, CI,
+pipes) or without rich: one plain line on stderr every ``log_every_s`` seconds, because a bar
+redrawn into a log file is noise.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1e3:,.1f}k" if x >= 1e3 else f"{x:,.0f}"
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+class ProgressReporter:
+    def __init__(self, total_samples: int, *, enabled: bool = True, log_every_s: float = 30.0, stream=None):
+        self.total = total_samples
+        self.samples = 0
+        self.tokens = 0
+        self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stream = stream or sys.stderr
+        self._log_every = log_every_s
+        self._last_log = self._t0
+        self._rich = None
+        self._enabled = enabled
+        if enabled and getattr(self._stream, "isatty", lambda: False)():
+            self._rich = _rich_bar(total_samples, self._stream)
+
+    def advance(self, samples: int, tokens: int) -> None:
+        with self._lock:
+            self.samples += samples
+            self.tokens += tokens
+            now = time.perf_counter()
+            rate = self.tokens / max(now - self._t0, 1e-9)
+            if self._rich is not None:
+                progress, task = self._rich
+                progress.update(task, advance=samples, tok_rate=f"{_fmt_rate(rate)} tok/s")
+            elif self._enabled and now - self._last_log >= self._log_every:
+                self._last_log = now
+                print(self.line(), file=self._stream, flush=True)
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self._t0
+        rate = self.tokens / max(elapsed, 1e-9)
+        eta = None
+        if self.samples:
+            eta = elapsed / self.samples * max(self.total - self.samples, 0)
+        return (
+            f"arclens extract: {self.samples}/{self.total} samples, {self.tokens:,} tokens, "
+            f"{_fmt_rate(rate)} tokens/s, ETA {_fmt_eta(eta)}"
+        )
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich[0].stop()
+            self._rich = None
+
+
+def _rich_bar(total: int, stream):
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    except ImportError:
+        return None
+    progress = Progress(
+        TextColumn("extract"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TextColumn("{task.fields[tok_rate]}"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(file=stream),
+        transient=False,
+    )
+    task = progress.add_task("extract", total=total, tok_rate="")
+    progress.start()
+    return progress, task
+
+
+@dataclass
+class RunSummary:
+    samples: int = 0
+    tokens_stored: int = 0
+    prompt_tokens: int = 0  # real tokens run through the model
+    padded_tokens: int = 0  # B * T summed over batches
+    shards: int = 0
+    bytes: int = 0
+    batches: int = 0
+    shapes: set = field(default_factory=set)
+    wall_s: float = 0.0
+    compile_s: float = 0.0
+    time_split: dict = field(default_factory=dict)  # stage -> busy seconds
+    skipped_committed: int = 0
+    stopped_by: str | None = None
+
+    @property
+    def padding_fraction(self) -> float:
+        return 0.0 if not self.padded_tokens else 1.0 - self.prompt_tokens / self.padded_tokens
+
+    def lines(self) -> list[str]:
+        rate = self.prompt_tokens / max(self.wall_s, 1e-9)
+        split = ", ".join(f"{k} {v:.1f}s" for k, v in self.time_split.items())
+        out = [
+            f"samples written   {self.samples:,}" + (f" (skipped {self.skipped_committed:,} already committed)" if self.skipped_committed else ""),
+            f"tokens stored     {self.tokens_stored:,}",
+            f"shards / bytes    {self.shards:,} / {self.bytes:,}",
+            f"prompt tokens     {self.prompt_tokens:,} in {self.batches:,} batches, {len(self.shapes)} shapes, padding {self.padding_fraction:.1%}",
+            f"wall time         {self.wall_s:.1f}s ({_fmt_rate(rate)} prompt tokens/s; compile {self.compile_s:.1f}s)",
+            f"busy time         {split}",
+        ]
+        if self.stopped_by:
+            out.append(f"stopped by        {self.stopped_by}: in-flight work committed; rerun the same command to resume")
+        return out
