@@ -1,0 +1,96 @@
+"""Meshes and multi-process JAX on CPU: every row comes back once, equal to a 1-device run.
+
+Each case runs tests/distributed/spmd_child.py in fresh processes, because the device count is
+fixed when JAX starts and this pytest process has already started it with one device.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHILD = Path(__file__).with_name("spmd_child.py")
+TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(out: Path, mesh: str, n_devices: int, *dist: str) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(out), mesh, str(n_devices), *dist],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_all(procs: list[subprocess.Popen]) -> list[str]:
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=TIMEOUT_S)
+            assert p.returncode == 0, out
+            outputs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outputs
+
+
+def _rows(out: Path) -> dict[int, np.ndarray]:
+    """Every saved row of every process, keyed by global row index; a row saved twice fails."""
+    rows: dict[int, np.ndarray] = {}
+    for f in sorted(out.glob("rows-p*.npz")):
+        z = np.load(f)
+        for i, start in enumerate(z["starts"]):
+            for j, row in enumerate(z[f"rows{i}"]):
+                assert int(start) + j not in rows, f"row {int(start) + j} returned by two processes"
+                rows[int(start) + j] = row
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, np.ndarray]:
+    out = tmp_path_factory.mktemp("ref")
+    _wait_all([_start(out, "1,1", 1)])
+    rows = _rows(out)
+    assert sorted(rows) == list(range(8))
+    return rows
+
+
+def _assert_close(rows, reference):
+    assert sorted(rows) == sorted(reference)
+    scale = max(np.abs(r).max() for r in reference.values())
+    for i, row in rows.items():
+        np.testing.assert_allclose(row, reference[i], rtol=1e-5, atol=1e-5 * scale, err_msg=f"row {i}")
+
+
+def test_one_process_two_devices_both_mesh_shapes(tmp_path, reference):
+    outs = {mesh: tmp_path / mesh.replace(",", "x") for mesh in ("1,2", "2,1")}
+    logs = _wait_all([_start(out, mesh, 2) for mesh, out in outs.items()])
+    for out in outs.values():
+        _assert_close(_rows(out), reference)
+    assert "owns [(0, 8)]" in logs[0]  # model-parallel: one data index, all rows here
+
+
+@pytest.mark.parametrize("mesh", ["2,2", "1,4"])
+def test_two_processes_two_devices_each(tmp_path, reference, mesh):
+    # "2,2": data spans the processes, each feeds and owns half the batch.
+    # "1,4": model spans the processes, both feed the whole batch, exactly one owns each row.
+    coordinator = f"127.0.0.1:{_free_port()}"
+    logs = _wait_all([_start(tmp_path, mesh, 2, coordinator, "2", str(i)) for i in range(2)])
+    assert all(f"/2 fed rows" in log for log in logs)
+    _assert_close(_rows(tmp_path), reference)
+    if mesh == "2,2":
+        assert "fed rows 0:4" in logs[0] and "fed rows 4:8" in logs[1]
