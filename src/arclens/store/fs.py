@@ -1,0 +1,301 @@
+"""fsspec helpers with the semantics the store's commit protocol needs (SPEC.md section 3).
+
+Two primitives carry the whole protocol:
+
+- ``write_whole``: an object appears whole or not at all (local: temp file in the same folder
+  plus ``os.replace``; object stores: one PUT or one multipart/resumable upload, which the server
+  only publishes when complete).
+- ``create_only``: create an object if and only if it does not exist (local: ``os.link`` of a
+  complete temp file, which fails atomically with EEXIST; gcsfs/s3fs: ``pipe_file(mode="create")``
+  which sends ``ifGenerationMatch=0`` / ``If-None-Match: *``; memory://: check-and-set under a
+  process-wide lock, which is exactly as atomic as that in-process filesystem can be).
+
+Uploads retry transient failures with exponential backoff. A retried create whose first attempt
+actually landed (the response was lost) comes back as FileExistsError for our own write, so after
+a failed attempt we read the object back and accept it when its bytes are exactly ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from arclens.errors import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Extra fsspec storage options as a JSON object, for every URL (e.g. '{"endpoint_url": ...}').
+# s3fs (through botocore) also honours AWS_ENDPOINT_URL and gcsfs honours STORAGE_EMULATOR_HOST,
+# so the CLI runs unchanged against loopback emulators.
+STORAGE_OPTIONS_ENV = "ARCLENS_STORAGE_OPTIONS"
+
+RETRY_ATTEMPTS = 6
+RETRY_BASE_S = 0.2
+RETRY_MAX_S = 10.0
+
+_memory_lock = threading.Lock()
+
+
+def is_local(fs) -> bool:
+    return "file" in _protocols(fs)
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def storage_options_for(url: str, extra: dict | None = None) -> dict:
+    """Storage options for ``url``: ARCLENS_STORAGE_OPTIONS, then ``extra`` (wins)."""
+    opts: dict[str, Any] = {}
+    raw = os.environ.get(STORAGE_OPTIONS_ENV)
+    if raw:
+        try:
+            env_opts = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{STORAGE_OPTIONS_ENV}: not a JSON object ({err})") from None
+        if not isinstance(env_opts, dict):
+            raise UserError(f"{STORAGE_OPTIONS_ENV}: expected a JSON object")
+        opts.update(env_opts)
+    opts.update(extra or {})
+    if url.startswith(("gs://", "gcs://")):
+        # An emulator takes no credentials; without this gcsfs probes a metadata server first.
+        if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
+            opts["token"] = "anon"
+    return opts
+
+
+def get_fs(url: str, storage_options: dict | None = None):
+    """``(filesystem, root path without protocol)`` for a local path or fsspec URL."""
+    if url.startswith(("gs://", "gcs://")):
+        # Without this, gcsfs waits ~60 s per call on a gRPC bucket-type lookup (NOTES.md).
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    from fsspec.core import url_to_fs
+
+    opts = storage_options_for(url, storage_options)
+    try:
+        fs, root = url_to_fs(url, **opts)
+    except (ImportError, ValueError) as err:
+        raise UserError(f"{url}: cannot open this location ({err})") from None
+    if is_local(fs):
+        root = os.path.abspath(root)
+    return fs, root.rstrip("/")
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+# ---------------------------------------------------------------------------------------------
+# retries
+
+_TRANSIENT_NAMES = {
+    # aiohttp / botocore / google-auth exception classes, matched by name so that importing this
+    # module needs none of them.
+    "ClientError", "ClientOSError", "ServerDisconnectedError", "ClientConnectionError",
+    "ClientPayloadError", "ServerTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+    "ReadTimeoutError", "ConnectTimeoutError", "ResponseStreamingError", "TransportError",
+    "IncompleteReadError", "RemoteDisconnected",
+}
+_PERMANENT_OS = (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError,
+                 NotADirectoryError)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Worth retrying: network trouble and server-side 5xx/429, never a definite answer."""
+    if isinstance(err, _PERMANENT_OS):
+        return False
+    code = getattr(err, "code", None)
+    if isinstance(code, int) and code in (408, 429) or isinstance(code, int) and code >= 500:
+        return True
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(err).__mro__):
+        return True
+    # s3fs translates botocore errors into OSError(errno, message); keep retrying the 5xx ones.
+    if isinstance(err, OSError):
+        text = str(err)
+        return any(s in text for s in ("500", "502", "503", "504", "SlowDown", "InternalError",
+                                        "ServiceUnavailable", "timed out", "Connection"))
+    return False
+
+
+def with_retries(what: str, call: Callable[[int], T], attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run ``call(attempt)`` until it succeeds, retrying transient errors with jittered backoff."""
+    for attempt in range(attempts):
+        try:
+            return call(attempt)
+        except Exception as err:  # noqa: BLE001 - classified just below
+            if attempt + 1 >= attempts or not is_transient(err):
+                raise
+            delay = min(RETRY_MAX_S, RETRY_BASE_S * 2**attempt) * (0.5 + random.random())
+            log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(err).__name__, err,
+                        attempt + 1, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _local_temp_path(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_local_temp(path: str, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = _local_temp_path(path)
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def create_only(fs, path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data``; FileExistsError if it already exists.
+
+    The object appears whole. When an attempt failed transiently and a retry finds the object,
+    it is accepted only if its bytes equal ``data`` (our own first attempt landed)."""
+    if is_local(fs):
+        tmp = _write_local_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, fails with EEXIST; the file is already complete
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path))
+        return
+    if "memory" in _protocols(fs):
+        with _memory_lock:
+            if fs.exists(path):
+                raise FileExistsError(path)
+            fs.pipe_file(path, data)
+        return
+
+    def attempt(i: int) -> None:
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            if i > 0 and _read_back_equals(fs, path, data):
+                log.info("%s: an earlier attempt of this create landed; accepted", path)
+                return
+            raise
+        finally:
+            _invalidate(fs, path)
+
+    with_retries(f"create {path}", attempt)
+
+
+def _read_back_equals(fs, path: str, data: bytes) -> bool:
+    try:
+        return read_bytes(fs, path) == data
+    except FileNotFoundError:
+        return False
+
+
+def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | None = None) -> None:
+    """Write ``data`` (or upload the local file ``local_file``) to ``path``, appearing whole.
+
+    Overwrites. Used for shards, whose names are never reused, so overwriting only ever replaces
+    an uncommitted leftover."""
+    if (data is None) == (local_file is None):
+        raise TypeError("write_whole needs exactly one of data or local_file")
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if local_file is not None:
+            tmp = _local_temp_path(path)
+            try:
+                os.link(local_file, tmp)  # same filesystem: no copy at all
+            except OSError:
+                import shutil
+
+                shutil.copyfile(local_file, tmp)
+        else:
+            tmp = _write_local_temp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _silent_unlink(tmp)
+            raise
+        _fsync_dir(os.path.dirname(path))
+        return
+
+    def attempt(_i: int) -> None:
+        try:
+            if local_file is not None:
+                fs.put_file(local_file, path)
+            else:
+                fs.pipe_file(path, data)
+        finally:
+            _invalidate(fs, path)
+
+    with_retries(f"upload {path}", attempt)
+
+
+def _silent_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _invalidate(fs, path: str) -> None:
+    try:
+        fs.invalidate_cache(path)
+    except Exception:  # noqa: BLE001 - a cache miss is harmless
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_bytes(fs, path: str) -> bytes:
+    return with_retries(f"read {path}", lambda _i: fs.cat_file(path))
+
+
+def list_names(fs, folder: str) -> list[str]:
+    """Sorted base names of the files directly in ``folder``, freshly listed (no stale cache:
+    other processes write here). A missing folder is empty."""
+    _invalidate(fs, folder)
+
+    def attempt(_i: int) -> list[str]:
+        try:
+            entries = fs.ls(folder, detail=True, **({"refresh": True} if _accepts_refresh(fs) else {}))
+        except FileNotFoundError:
+            return []
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") != "directory"]
+
+    return sorted(with_retries(f"list {folder}", attempt))
+
+
+def _accepts_refresh(fs) -> bool:
+    return any(p in ("gs", "gcs", "s3", "s3a") for p in _protocols(fs))
+
+
+def exists(fs, path: str) -> bool:
+    _invalidate(fs, path)
+    return with_retries(f"stat {path}", lambda _i: fs.exists(path))

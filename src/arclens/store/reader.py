@@ -1,0 +1,251 @@
+"""Reading an activation store (SPEC.md section 4). Never unpickles anything.
+
+Only committed shards are visible (those named by an index file), and a key committed twice is
+read from the first index file in name order only. Reads fetch just the tensors asked for: local
+shards are memory-mapped, remote ones are read with ranged requests, and the next shard is fetched
+by a background thread while the current one is consumed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TypeVar
+
+import numpy as np
+
+from arclens.errors import UserError
+from arclens.store import fs as fsx
+from arclens.store.format import COLUMNS, HeaderTooShort, ShardHeader, parse_header
+from arclens.store.index import Committed, IndexEntry, read_committed, read_metadata
+
+T = TypeVar("T")
+_HEADER_PROBE = 1 << 16
+
+
+class ShardFile:
+    """One shard file: its parsed header and tensor reads, local (memory-mapped) or remote."""
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path = fs, path
+        self._local = fsx.is_local(fs)
+        self._mmap: np.memmap | None = None
+
+    @cached_property
+    def header(self) -> ShardHeader:
+        if self._local:
+            buf = self._buffer()
+            try:
+                return parse_header(bytes(buf[:_HEADER_PROBE]), total_size=len(buf))
+            except HeaderTooShort as short:
+                return parse_header(bytes(buf[: short.needed]), total_size=len(buf))
+        size = fsx.with_retries(f"stat {self.path}", lambda _i: self.fs.size(self.path))
+        prefix = self._range(0, min(_HEADER_PROBE, size))
+        try:
+            return parse_header(prefix, total_size=size)
+        except HeaderTooShort as short:
+            return parse_header(self._range(0, short.needed), total_size=size)
+
+    def _buffer(self) -> np.memmap:
+        if self._mmap is None:
+            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._mmap
+
+    def _range(self, start: int, end: int) -> bytes:
+        return fsx.with_retries(f"read {self.path}", lambda _i: self.fs.cat_file(self.path, start, end))
+
+    def read(self, names) -> dict[str, np.ndarray]:
+        """Whole tensors by name: read-only memory-mapped views locally, fresh arrays remotely."""
+        infos = {}
+        for name in names:
+            if name not in self.header.tensors:
+                raise KeyError(f"{self.path}: no tensor {name!r}")
+            infos[name] = self.header.tensors[name]
+        if self._local:
+            buf = self._buffer()
+            return {n: buf[i.start : i.end].view(i.dtype).reshape(i.shape) for n, i in infos.items()}
+        order = list(infos)
+        blobs = fsx.with_retries(
+            f"read {self.path}",
+            lambda _i: self.fs.cat_ranges([self.path] * len(order), [infos[n].start for n in order],
+                                          [infos[n].end for n in order], on_error="raise"),
+        )
+        out = {}
+        for n, blob in zip(order, blobs):
+            if isinstance(blob, Exception):
+                raise blob
+            i = infos[n]
+            out[n] = np.frombuffer(blob, dtype=i.dtype).reshape(i.shape)
+        return out
+
+
+@dataclass(frozen=True)
+class ShardView:
+    """A committed shard as readers see it: the rows of its sample table that it owns."""
+
+    entry: IndexEntry
+    file: ShardFile
+    owned_rows: tuple[int, ...] | None  # None: every row (the usual case, no duplicates)
+
+    def sample_table(self) -> list[dict]:
+        return self.file.header.samples
+
+    def token_ranges(self) -> list[tuple[int, int, int]]:
+        """(row, start, end) token range of every visible sample, in stored order."""
+        out, start = [], 0
+        for row, s in enumerate(self.sample_table()):
+            end = start + int(s["stored_tokens"])
+            if self.owned_rows is None or row in self.owned_rows:
+                out.append((row, start, end))
+            start = end
+        return out
+
+    @cached_property
+    def n_tokens(self) -> int:
+        if self.owned_rows is None:
+            return self.entry.n_tokens
+        return sum(e - s for _, s, e in self.token_ranges())
+
+    def visible(self, arr: np.ndarray) -> np.ndarray:
+        if self.owned_rows is None:
+            return arr
+        ranges = self.token_ranges()
+        if not ranges:
+            return arr[:0]
+        return np.concatenate([arr[s:e] for _, s, e in ranges])
+
+
+class Store:
+    """A read-only view of the committed part of an activation store, as of ``open_store``."""
+
+    def __init__(self, dest: str, storage_options: dict | None = None, prefetch: int = 1):
+        self.dest = dest
+        self.fs, self.root = fsx.get_fs(dest, storage_options)
+        self.metadata: dict = read_metadata(self.fs, self.root, dest)
+        self.hooks: list[str] = list(self.metadata["hooks"])
+        self.d_model: int = int(self.metadata["d_model"])
+        self.committed: Committed = read_committed(self.fs, self.root)
+        self.prefetch = max(0, int(prefetch))
+        self.shards: list[ShardView] = []
+        for entry in self.committed.entries:
+            owned = None
+            if any(not self.committed.owns(entry, k) for k in entry.samples):
+                owned = tuple(r for r, k in enumerate(entry.samples) if self.committed.owns(entry, k))
+            file = ShardFile(self.fs, fsx.join(self.root, entry.shard))
+            self.shards.append(ShardView(entry, file, owned))
+
+    def __repr__(self) -> str:
+        return f"Store({self.dest!r}, shards={len(self.shards)}, n_tokens={self.n_tokens})"
+
+    @property
+    def dtype(self) -> np.dtype:
+        from arclens.store.format import activation_dtype
+
+        return activation_dtype(self.metadata["dtype"])
+
+    @cached_property
+    def n_tokens(self) -> int:
+        return sum(s.n_tokens for s in self.shards)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.committed.owner)
+
+    def _check_hooks(self, hooks) -> list[str]:
+        hooks = list(self.hooks if hooks is None else ([hooks] if isinstance(hooks, str) else hooks))
+        unknown = [h for h in hooks if h not in self.hooks]
+        if unknown:
+            raise UserError(f"{self.dest}: no hook {', '.join(unknown)}; this store has {', '.join(self.hooks)}")
+        return hooks
+
+    # -- per sample ------------------------------------------------------------------------
+
+    def samples(self, hooks=None) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+        """Every committed sample once, in index-file order: (sample table entry, arrays) where
+        arrays holds the requested hooks ``[n, d_model]`` and every column ``[n]``."""
+        names = self._check_hooks(hooks) + list(COLUMNS)
+
+        def load(view: ShardView):
+            return view, view.file.read(names)
+
+        for view, arrays in _prefetched([lambda v=v: load(v) for v in self.shards], self.prefetch):
+            table = view.sample_table()
+            for row, start, end in view.token_ranges():
+                yield dict(table[row]), {n: a[start:end] for n, a in arrays.items()}
+
+    # -- token batches ---------------------------------------------------------------------
+
+    def batches(self, hook: str, batch_size: int = 4096, shuffle: bool = True, seed: int = 0,
+                drop_last: bool = False, buffer_shards: int = 4, dtype=None) -> Iterator[np.ndarray]:
+        """``[batch_size, d_model]`` arrays holding every visible token of ``hook`` exactly once
+        (one epoch). Only the last batch may be smaller, and it is dropped when ``drop_last``.
+
+        Without shuffle: tokens in stored order (index-file order, then token order). With shuffle:
+        the shard order is a permutation drawn from ``seed``, and tokens are uniformly permuted
+        within consecutive windows of ``buffer_shards`` shards (plus the fewer than
+        ``batch_size`` tokens carried over from the previous window). Deterministic for a seed;
+        pass a different seed per epoch. Memory: about ``buffer_shards`` shards of one hook.
+        """
+        (hook,) = self._check_hooks([hook])
+        if batch_size <= 0 or buffer_shards <= 0:
+            raise UserError("batch_size and buffer_shards must be positive")
+        out_dtype = np.dtype(dtype) if dtype is not None else None
+        rng = np.random.default_rng(seed)
+        views = list(self.shards)
+        if shuffle:
+            views = [views[i] for i in rng.permutation(len(views))]
+            windows = [views[i : i + buffer_shards] for i in range(0, len(views), buffer_shards)]
+        else:
+            windows = [[v] for v in views]
+
+        def load(window: list[ShardView]) -> np.ndarray:
+            parts = [v.visible(v.file.read([hook])[hook]) for v in window]
+            if shuffle:  # materialise: a random gather from a memory map would thrash
+                return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+            return parts[0]
+
+        carry = np.empty((0, self.d_model), dtype=self.dtype)
+        for pool in _prefetched([lambda w=w: load(w) for w in windows], self.prefetch):
+            if carry.shape[0]:
+                pool = np.concatenate([carry, pool])
+            if shuffle:
+                pool = pool[rng.permutation(pool.shape[0])]
+            full = (pool.shape[0] // batch_size) * batch_size
+            for i in range(0, full, batch_size):
+                yield _cast(pool[i : i + batch_size], out_dtype)
+            carry = np.array(pool[full:])
+        if carry.shape[0] and not drop_last:
+            yield _cast(carry, out_dtype)
+
+
+def _cast(x: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    # Always a fresh, writable, C-contiguous array: never a view into a memory-mapped shard.
+    return np.array(x, dtype=dtype, order="C")
+
+
+def _prefetched(loads: list[Callable[[], T]], depth: int) -> Iterator[T]:
+    """Results of ``loads`` in order, running up to ``depth`` of them ahead in a thread."""
+    if depth <= 0:
+        for load in loads:
+            yield load()
+        return
+    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="arclens-prefetch") as pool:
+        pending: list[cf.Future] = []
+        it = iter(loads)
+        try:
+            for load in it:
+                pending.append(pool.submit(load))
+                if len(pending) > depth:
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def open_store(dest: str, storage_options: dict | None = None, prefetch: int = 1) -> Store:
+    """Open the committed part of a store for reading (local path or fsspec URL)."""
+    return Store(dest, storage_options=storage_options, prefetch=prefetch)
