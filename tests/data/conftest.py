@@ -1,0 +1,25 @@
+"""Fixtures for the data tests."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from data_task_helpers import make_task
+
+
+@pytest.fixture
+def write_json(tmp_path):
+    def write(name: str, data) -> str:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def task_factory():
+    return lambda *a, **k: copy.deepcopy(make_task(*a, **k))
