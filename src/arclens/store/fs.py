@@ -176,10 +176,23 @@ def _write_local_temp(path: str, data: bytes) -> str:
 
 
 def create_only(fs, path: str, data: bytes) -> None:
-    """Create ``path`` holding ``data``; FileExistsError if it already exists.
+    """Create ``path`` holding ``data``, appearing whole; FileExistsError if ``path`` already
+    holds *other* bytes.
 
-    The object appears whole. When an attempt failed transiently and a retry finds the object,
-    it is accepted only if its bytes equal ``data`` (our own first attempt landed)."""
+    Idempotent for identical bytes, on purpose: a create whose response was lost is retried (by
+    us, and inside botocore/gcsfs, where we cannot see it) and then meets our own object. Every
+    object we create-only carries content unique to its writer (a shard's sha256, a timestamp,
+    an owner token), so "exists with exactly these bytes" means "ours"."""
+    try:
+        _create_only_once(fs, path, data)
+    except FileExistsError:
+        if _read_back_equals(fs, path, data):
+            log.info("%s: already holds exactly these bytes (an earlier attempt landed)", path)
+            return
+        raise
+
+
+def _create_only_once(fs, path: str, data: bytes) -> None:
     if is_local(fs):
         tmp = _write_local_temp(path, data)
         try:
@@ -195,14 +208,9 @@ def create_only(fs, path: str, data: bytes) -> None:
             fs.pipe_file(path, data)
         return
 
-    def attempt(i: int) -> None:
+    def attempt(_i: int) -> None:
         try:
             fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            if i > 0 and _read_back_equals(fs, path, data):
-                log.info("%s: an earlier attempt of this create landed; accepted", path)
-                return
-            raise
         finally:
             _invalidate(fs, path)
 
