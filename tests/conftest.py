@@ -32,3 +32,49 @@ def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+# --- object-store emulators on loopback (tests/servers.py; owned by the store) -----------------
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on 127.0.0.1 for the whole session; use ``s3_remote`` for a bucket."""
+    from servers import MotoS3
+
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs_server(tmp_path_factory):
+    """fake-gcs-server on 127.0.0.1 for the whole session; use ``gcs_remote`` for a bucket."""
+    from servers import FakeGcs
+
+    server = FakeGcs(tmp_path_factory.mktemp("fake-gcs") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_remote(moto_server):
+    """A fresh bucket: ``.url`` (s3://bucket/run), ``.storage_options``, ``.env`` for the CLI."""
+    return moto_server.new_bucket()
+
+
+@pytest.fixture
+def gcs_remote(fake_gcs_server):
+    """A fresh bucket: ``.url`` (gs://bucket/run), ``.storage_options``, ``.env`` for the CLI."""
+    return fake_gcs_server.new_bucket()
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def faulty_remote(request, moto_server, fake_gcs_server):
+    """(Remote, FaultProxy): a fresh bucket reached through a proxy that injects faults."""
+    from servers import FaultProxy
+
+    server = moto_server if request.param == "s3" else fake_gcs_server
+    proxy = FaultProxy(server.endpoint)
+    yield server.new_bucket(endpoint=proxy.endpoint), proxy
+    proxy.stop()
