@@ -17,13 +17,13 @@ os.environ["JAX_NUM_CPU_DEVICES"] = n_devices
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from arclens.distributed.mesh import make_mesh, use_mesh  # noqa: E402
-from arclens.distributed.runtime import global_batch, initialize, local_batch_rows, local_rows  # noqa: E402
-from arclens.distributed.sharding import logical_sharding  # noqa: E402
+from arclens.distributed.mesh import make_mesh, use_mesh
+from arclens.distributed.runtime import global_batch, initialize, local_batch_rows, local_rows
+from arclens.distributed.sharding import logical_sharding
 
 args = types.SimpleNamespace(coordinator=None, num_processes=None, process_id=None)
 if len(sys.argv) > 4:

@@ -90,7 +90,7 @@ def test_two_processes_two_devices_each(tmp_path, reference, mesh):
     # "1,4": model spans the processes, both feed the whole batch, exactly one owns each row.
     coordinator = f"127.0.0.1:{_free_port()}"
     logs = _wait_all([_start(tmp_path, mesh, 2, coordinator, "2", str(i)) for i in range(2)])
-    assert all(f"/2 fed rows" in log for log in logs)
+    assert all("/2 fed rows" in log for log in logs)
     _assert_close(_rows(tmp_path), reference)
     if mesh == "2,2":
         assert "fed rows 0:4" in logs[0] and "fed rows 4:8" in logs[1]

@@ -1,0 +1,553 @@
+"""Independent, preemptible workers that share nothing but the store's bucket.
+
+A fleet of VMs runs the same ``arclens extract ... --out gs://bucket/store --worker-id I
+--num-workers N``. The task set is cut into **work units** (fixed chunks of the sorted task list,
+or the files of ``arclens streams``). Workers agree on who does which unit through small objects
+in the store, using only two operations every object store offers atomically: **create-only**
+(``ifGenerationMatch=0`` on GCS, ``If-None-Match: *`` on S3, ``O_EXCL``/``link`` locally) and
+**listing**. There is no coordinator to lose.
+
+Objects (all names flat in two folders, so one listing shows the whole board)::
+
+    DEST/claims/<unit>~<epoch:06d>.lease          who holds the unit in this epoch (JSON, create-only)
+    DEST/claims/<unit>~<epoch:06d>~<n:06d>.beat   the holder's n-th heartbeat (create-only)
+    DEST/claims/<unit>~<epoch:06d>.released       the holder gave the unit back (create-only)
+    DEST/done/<unit>                              every sample of the unit is committed (create-only)
+
+Protocol:
+
+- **Claim.** A unit with no lease is claimed by creating epoch 0. A unit whose latest epoch ``e``
+  is released or expired is taken over by creating epoch ``e+1``. Create-only makes exactly one
+  contender win each epoch; the losers see FileExistsError and move on. (A retried create whose
+  first response was lost is told apart by the owner token in the lease: ``store.fs.create_only``
+  reads the object back and accepts it only if its bytes are ours.)
+- **Renew.** While it works, the holder's background thread creates heartbeat ``n+1`` every
+  ``ttl/5`` seconds and deletes heartbeat ``n-1`` (deletion is only tidying; nothing depends on it).
+- **Expiry is judged by the observer's own clock.** A worker that lists the board remembers, per
+  unit, the *signature* ``(epoch, newest heartbeat, released)`` and the moment (its own monotonic
+  clock) it first saw it. The lease is expired when the signature has not changed for the lease's
+  ``ttl_s``. No two machines' wall clocks are ever compared, so clock skew cannot expire a live
+  lease; a worker that just started must watch a stuck lease for a full ``ttl`` before taking it.
+- **The holder stops first.** The holder counts its lease as valid only until half a ``ttl`` after
+  the *start* of its newest successful heartbeat, and also drops it as soon as it sees epoch
+  ``e+1``. An observer can only take over a full ``ttl`` after it *saw* that heartbeat, which was
+  after the heartbeat began, so (with clocks that tick at about the same rate) the old holder has
+  stopped half a ``ttl`` before anyone else may start. The pipeline checks ``Lease.held()`` between
+  batches and before each commit.
+- **Resume.** Whoever takes a unit over simply extracts it again: the store's index says which
+  samples are committed, and those are skipped (exactly-once by key). Should a paused holder
+  (a VM frozen longer than half a ttl) still commit after losing its lease, the store keeps the
+  first commit of each key and ``arclens verify`` reports the duplicate: the store, not this
+  protocol, is the last line of the exactly-once guarantee.
+- **Done.** After the unit's last shard is committed, the holder creates ``done/<unit>``. Nobody
+  claims a unit that is done. A worker keeps polling until every unit is done, so while one live
+  worker remains, no unit is left undone: an abandoned lease expires and is taken over.
+- **Preemption (SIGTERM).** The pipeline stops scheduling, flushes and commits; the worker then
+  creates the ``.released`` marker, which lets others take the unit at once instead of after ttl.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from arclens.errors import UserError
+from arclens.store import fs as storefs
+
+log = logging.getLogger(__name__)
+
+CLAIMS = "claims"
+DONE = "done"
+DEFAULT_TTL_S = 120.0
+# The holder trusts its lease for this fraction of ttl after its newest heartbeat began.
+HOLDER_TRUST = 0.5
+BEATS_PER_TTL = 5
+MAX_POLL_S = 10.0
+
+_UNIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_CLAIM_RE = re.compile(r"^(?P<unit>[^~]+)~(?P<epoch>\d{6})(?:~(?P<beat>\d{6})\.beat|\.(?P<kind>lease|released))$")
+
+
+def check_unit_id(unit: str) -> str:
+    if not _UNIT_RE.match(unit):
+        raise UserError(f"work unit {unit!r}: ids are letters, digits, '_', '.', '-' (no '/', no '~')")
+    return unit
+
+
+@dataclass
+class UnitState:
+    """The newest epoch of one unit as one listing shows it."""
+
+    epoch: int = -1
+    has_lease: bool = False
+    beat: int = -1
+    released: bool = False
+
+    @property
+    def signature(self) -> tuple:
+        return (self.epoch, self.has_lease, self.beat, self.released)
+
+
+@dataclass
+class Board:
+    """One snapshot of the claims and done folders."""
+
+    units: dict[str, UnitState] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+
+
+def read_board(fs, root: str) -> Board:
+    board = Board(done=set(storefs.list_names(fs, storefs.join(root, DONE))))
+    for name in storefs.list_names(fs, storefs.join(root, CLAIMS)):
+        m = _CLAIM_RE.match(name)
+        if not m:
+            continue
+        unit, epoch = m["unit"], int(m["epoch"])
+        state = board.units.setdefault(unit, UnitState())
+        if epoch > state.epoch:
+            board.units[unit] = state = UnitState(epoch=epoch)
+        elif epoch < state.epoch:
+            continue
+        if m["kind"] == "lease":
+            state.has_lease = True
+        elif m["kind"] == "released":
+            state.released = True
+        else:
+            state.beat = max(state.beat, int(m["beat"]))
+    return board
+
+
+def _lease_path(root: str, unit: str, epoch: int) -> str:
+    return storefs.join(root, CLAIMS, f"{unit}~{epoch:06d}.lease")
+
+
+def _beat_path(root: str, unit: str, epoch: int, n: int) -> str:
+    return storefs.join(root, CLAIMS, f"{unit}~{epoch:06d}~{n:06d}.beat")
+
+
+def _released_path(root: str, unit: str, epoch: int) -> str:
+    return storefs.join(root, CLAIMS, f"{unit}~{epoch:06d}.released")
+
+
+def _done_path(root: str, unit: str) -> str:
+    return storefs.join(root, DONE, unit)
+
+
+class Lease:
+    """A held claim on one unit; renews itself in a daemon thread until finished."""
+
+    def __init__(self, fs, root: str, unit: str, epoch: int, token: str, ttl_s: float):
+        self.fs, self.root, self.unit, self.epoch, self.token, self.ttl_s = fs, root, unit, epoch, token, ttl_s
+        self._valid_until = time.monotonic() + ttl_s * HOLDER_TRUST  # the lease create counts as beat 0
+        self._lost = threading.Event()
+        self._finished = threading.Event()
+        self._beat = 0
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{unit}", daemon=True)
+        self._thread.start()
+
+    def held(self) -> bool:
+        """Still ours: not finished, not taken over, and renewed recently enough (module doc)."""
+        return not (self._finished.is_set() or self._lost.is_set()) and time.monotonic() < self._valid_until
+
+    def _renew_loop(self) -> None:
+        interval = self.ttl_s / BEATS_PER_TTL
+        while not self._finished.wait(interval):
+            started = time.monotonic()
+            try:
+                if storefs.exists(self.fs, _lease_path(self.root, self.unit, self.epoch + 1)):
+                    log.warning("claim %s epoch %d: taken over by another worker; stopping", self.unit, self.epoch)
+                    self._lost.set()
+                    return
+                storefs.create_only(self.fs, _beat_path(self.root, self.unit, self.epoch, self._beat + 1), b"")
+            except FileExistsError:
+                # Only this thread writes our epoch's beats: an existing one means a lost-response
+                # retry of our own create landed. It still counts as renewed.
+                pass
+            except Exception as err:  # noqa: BLE001 - keep trying until the trust window closes
+                log.warning("claim %s: heartbeat failed (%s: %s)", self.unit, type(err).__name__, err)
+                continue
+            self._beat += 1
+            self._valid_until = started + self.ttl_s * HOLDER_TRUST
+            self._tidy(self._beat - 1)
+
+    def _tidy(self, beat: int) -> None:
+        if beat < 1:
+            return
+        try:
+            self.fs.rm_file(_beat_path(self.root, self.unit, self.epoch, beat))
+        except Exception as err:  # noqa: BLE001 - a leftover heartbeat only costs a listing entry
+            log.debug("claim %s: could not delete heartbeat %d (%s)", self.unit, beat, err)
+
+    def _stop(self) -> None:
+        self._finished.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, self.ttl_s))
+
+    def mark_done(self) -> bool:
+        """Record the unit as finished (call after its last shard is committed). False when the
+        lease was lost first: then the new holder finds every sample committed and finishes it."""
+        if not self.held():
+            log.warning("claim %s epoch %d: lost before done; the next holder will finish it", self.unit, self.epoch)
+            self.release()
+            return False
+        self._stop()
+        body = json.dumps({"unit": self.unit, "epoch": self.epoch, "owner": self.token, "time": time.time()})
+        try:
+            storefs.create_only(self.fs, _done_path(self.root, self.unit), body.encode())
+        except FileExistsError:
+            pass  # a previous holder got there first; both saw every sample committed
+        self._tidy(self._beat)
+        return True
+
+    def release(self) -> None:
+        """Give the unit back unfinished (SIGTERM, errors): others may take it at once."""
+        still_ours = not self._lost.is_set()
+        self._stop()
+        if not still_ours:
+            return
+        try:
+            storefs.create_only(self.fs, _released_path(self.root, self.unit, self.epoch), self.token.encode())
+        except FileExistsError:
+            pass
+        except Exception as err:  # noqa: BLE001 - without the marker the lease simply expires
+            log.warning("claim %s: could not release (%s); it will expire after %.0fs", self.unit, err, self.ttl_s)
+        self._tidy(self._beat)
+
+
+class WorkerClaims:
+    """One worker's view of the board: hands out units one at a time (see module doc)."""
+
+    def __init__(
+        self,
+        dest: str,
+        unit_ids: Sequence[str],
+        worker: str,
+        ttl_s: float = DEFAULT_TTL_S,
+        *,
+        stop: Callable[[], bool] | None = None,
+        poll_s: float | None = None,
+        idle_timeout_s: float | None = None,
+        storage_options: dict | None = None,
+    ):
+        if ttl_s <= 0:
+            raise UserError(f"claim ttl must be positive, got {ttl_s}")
+        if len(set(unit_ids)) != len(unit_ids):
+            raise UserError("work units must be distinct")
+        self.unit_ids = [check_unit_id(u) for u in unit_ids]
+        self.fs, self.root = storefs.get_fs(dest, storage_options)
+        self.worker = worker
+        self.token = f"{worker}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.ttl_s = float(ttl_s)
+        self.stop = stop or (lambda: False)
+        self.poll_s = poll_s if poll_s is not None else min(MAX_POLL_S, self.ttl_s / BEATS_PER_TTL)
+        self.idle_timeout_s = idle_timeout_s
+        self._seen: dict[str, tuple[tuple, float]] = {}  # unit -> (signature, first seen, monotonic)
+        self._ttl_of: dict[tuple[str, int], float] = {}
+        self.current: Lease | None = None
+
+    # -- observing ------------------------------------------------------------------------------
+
+    def _lease_ttl(self, unit: str, epoch: int) -> float:
+        """The ttl the holder promised (workers may run with different settings)."""
+        key = (unit, epoch)
+        if key not in self._ttl_of:
+            try:
+                self._ttl_of[key] = float(json.loads(storefs.read_bytes(self.fs, _lease_path(self.root, unit, epoch)))["ttl_s"])
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                self._ttl_of[key] = self.ttl_s
+        return self._ttl_of[key]
+
+    def _expired(self, unit: str, state: UnitState, now: float) -> bool:
+        seen = self._seen.get(unit)
+        if seen is None or seen[0] != state.signature:
+            self._seen[unit] = (state.signature, now)
+            return False
+        return now - seen[1] >= self._lease_ttl(unit, state.epoch)
+
+    def _next_epoch(self, unit: str, state: UnitState | None, now: float) -> int | None:
+        """The epoch this worker may try to create for ``unit`` now, or None."""
+        if state is None:
+            return 0
+        if state.released or not state.has_lease:
+            # released, or a bare beat/marker left from a tidied epoch: the epoch is over.
+            return state.epoch + 1
+        return state.epoch + 1 if self._expired(unit, state, now) else None
+
+    # -- claiming -------------------------------------------------------------------------------
+
+    def _try_claim(self, unit: str, epoch: int) -> Lease | None:
+        body = json.dumps({
+            "unit": unit, "epoch": epoch, "owner": self.token, "worker": self.worker, "ttl_s": self.ttl_s,
+            "time": time.time(),
+        }).encode()
+        try:
+            storefs.create_only(self.fs, _lease_path(self.root, unit, epoch), body)
+        except FileExistsError:
+            return None
+        if epoch > 0:
+            log.info("worker %s: took over %s (epoch %d)", self.worker, unit, epoch)
+        else:
+            log.info("worker %s: claimed %s", self.worker, unit)
+        return Lease(self.fs, self.root, unit, epoch, self.token, self.ttl_s)
+
+    def next_unit(self, order: Sequence[str] | None = None) -> Lease | None:
+        """Block until a unit is claimed (its Lease), or every unit is done / stop is set (None)."""
+        order = list(order or self.unit_ids)
+        idle_since = time.monotonic()
+        while not self.stop():
+            board = read_board(self.fs, self.root)
+            todo = [u for u in order if u not in board.done]
+            if not todo:
+                return None
+            now = time.monotonic()
+            for unit in todo:
+                epoch = self._next_epoch(unit, board.units.get(unit), now)
+                if epoch is not None and (lease := self._try_claim(unit, epoch)) is not None:
+                    self.current = lease
+                    return lease
+            if self.idle_timeout_s is not None and now - idle_since > self.idle_timeout_s:
+                raise TimeoutError(f"worker {self.worker}: no unit became free in {self.idle_timeout_s:.0f}s")
+            self._sleep(self.poll_s)
+        return None
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+
+    def finish(self, lease: Lease, complete: bool) -> bool:
+        """Done (``complete``) or released; True when the done marker was written by us."""
+        self.current = None
+        if complete:
+            return lease.mark_done()
+        lease.release()
+        return False
+
+
+def preferred_order(unit_ids: Sequence[str], worker_id: int | None, num_workers: int | None) -> list[str]:
+    """Worker I of N starts with the I-th contiguous block of units, then helps with the others
+    from their ends, so workers rarely race for the same unit. Without ids every worker starts at
+    a random block (ids only reduce contention; claims alone are what make the protocol safe)."""
+    units = list(unit_ids)
+    if not units:
+        return units
+    if worker_id is None:
+        n = len(units)
+        start = uuid.uuid4().int % n
+        return units[start:] + units[:start]
+    n_workers = max(1, num_workers or 1)
+    i = (worker_id or 0) % n_workers
+    lo, hi = len(units) * i // n_workers, len(units) * (i + 1) // n_workers
+    own = units[lo:hi]
+    others = units[hi:] + units[:lo]
+    return own + others[::-1]
+
+
+def claimed_units(
+    dest: str,
+    unit_ids: Sequence[str],
+    worker: str,
+    ttl_s: float = DEFAULT_TTL_S,
+    *,
+    worker_id: int | None = None,
+    num_workers: int | None = None,
+    stop: Callable[[], bool] | None = None,
+    idle_timeout_s: float | None = None,
+    storage_options: dict | None = None,
+) -> Iterator[str]:
+    """Yield units this worker now holds, until every unit is done (see module doc).
+
+    Contract: asking for the next unit means the previous one is finished (all its samples
+    committed); it is then marked done. Stopping the iteration (``break``, an exception, or
+    ``stop()`` becoming true) releases the current unit unfinished. Between batches, check
+    ``claims.current.held()`` via :class:`WorkerClaims` when you need to stop on a lost lease.
+    """
+    claims = WorkerClaims(dest, unit_ids, worker, ttl_s, stop=stop, idle_timeout_s=idle_timeout_s,
+                          storage_options=storage_options)
+    order = preferred_order(claims.unit_ids, worker_id, num_workers)
+    while (lease := claims.next_unit(order)) is not None:
+        complete = False
+        try:
+            yield lease.unit
+            # Resumed without a stop request: the consumer finished the unit.
+            complete = lease.held() and not claims.stop()
+        finally:
+            claims.finish(lease, complete)
+
+
+# ---------------------------------------------------------------------------------------------
+# work units and the run loop the extract pipeline calls
+
+DEFAULT_TASKS_PER_UNIT = 16
+ENV_TASKS_PER_UNIT = "ARCLENS_TASKS_PER_UNIT"
+ENV_CLAIM_TTL = "ARCLENS_CLAIM_TTL_S"
+ENV_NUM_WORKERS = "ARCLENS_NUM_WORKERS"
+
+
+def task_units(task_ids: Sequence[str], tasks_per_unit: int = DEFAULT_TASKS_PER_UNIT) -> dict[str, list[str]]:
+    """Fixed chunks of the sorted task ids: ``{"tasks-000000-000016": [ids...], ...}``.
+
+    Every worker computes the same units from the same task set (the store's metadata refuses a
+    run with a different one)."""
+    if tasks_per_unit < 1:
+        raise UserError(f"{ENV_TASKS_PER_UNIT}: expected a positive number of tasks per unit, got {tasks_per_unit}")
+    ids = sorted(task_ids)
+    return {
+        f"tasks-{start:06d}-{min(start + tasks_per_unit, len(ids)):06d}": ids[start:start + tasks_per_unit]
+        for start in range(0, len(ids), tasks_per_unit)
+    }
+
+
+def stream_units(folder: str) -> dict[str, str] | None:
+    """The files of an ``arclens streams`` folder as units (``{"stream_003": path}``), or None
+    when ``folder`` is not one."""
+    if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "streams.json")):
+        return None
+    files = sorted(f for f in os.listdir(folder) if re.fullmatch(r"stream_\d+\.jsonl", f))
+    return {f.removesuffix(".jsonl"): os.path.join(folder, f) for f in files} or None
+
+
+def _env_number(name: str, cast, default):
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise UserError(f"{name}: expected a number, got {raw!r}") from None
+
+
+def worker_slot(args) -> tuple[int | None, int | None]:
+    """``(worker_id, num_workers)``; ``num_workers`` is None when this is not a worker run.
+
+    --num-workers (or ARCLENS_NUM_WORKERS) turns worker mode on. The id comes from --worker-id,
+    else TPU_WORKER_ID (taken modulo N: on a fleet of single-host VMs it is 0 everywhere, which is
+    harmless because ids only choose where a worker starts looking), else None (a random start).
+    """
+    worker_id = getattr(args, "worker_id", None)
+    num_workers = getattr(args, "num_workers", None)
+    if num_workers is None:
+        num_workers = _env_number(ENV_NUM_WORKERS, int, None)
+    if num_workers is None:
+        if worker_id is not None:
+            raise UserError("--worker-id needs --num-workers N (or ARCLENS_NUM_WORKERS)")
+        return None, None
+    if num_workers < 1:
+        raise UserError(f"--num-workers must be at least 1, got {num_workers}")
+    if worker_id is None:
+        tpu_worker = _env_number("TPU_WORKER_ID", int, None)
+        return (None if tpu_worker is None else tpu_worker % num_workers), num_workers
+    if not 0 <= worker_id < num_workers:
+        raise UserError(f"--worker-id {worker_id} must be in 0..{num_workers - 1} (--num-workers {num_workers})")
+    return worker_id, num_workers
+
+
+def is_worker_run(args) -> bool:
+    return worker_slot(args)[1] is not None
+
+
+@dataclass
+class WorkSummary:
+    done_here: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+
+def run_with_workers(
+    dest: str,
+    units: dict[str, object],
+    extract_unit: Callable[[str, object, Lease], bool],
+    *,
+    worker: str,
+    worker_id: int | None = None,
+    num_workers: int | None = None,
+    ttl_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
+    runtime=None,
+    idle_timeout_s: float | None = None,
+    storage_options: dict | None = None,
+) -> WorkSummary:
+    """Claim units one at a time and call ``extract_unit(unit_id, payload, lease) -> complete``.
+
+    ``extract_unit`` must skip the keys already committed (re-read the index per unit: another
+    worker may have committed part of it), check ``lease.held()`` and ``stop()`` between batches,
+    and return True only after every sample of the unit is committed (flushed); False means
+    "stopped early", and the unit is released for others.
+
+    With ``runtime.num_processes > 1`` (one worker = one multi-host slice) process 0 claims and
+    broadcasts each unit, every process extracts its share, and the unit is done only when all
+    processes report it complete.
+    """
+    ttl = ttl_s if ttl_s is not None else _env_number(ENV_CLAIM_TTL, float, DEFAULT_TTL_S)
+    stop = stop or (lambda: False)
+    multi = runtime is not None and runtime.num_processes > 1
+    leader = runtime is None or runtime.process_id == 0
+    ids = list(units)
+    claims = WorkerClaims(dest, ids, worker, ttl, stop=stop, idle_timeout_s=idle_timeout_s,
+                          storage_options=storage_options) if leader else None
+    order = preferred_order(ids, worker_id, num_workers)
+    summary = WorkSummary()
+    for _ in itertools.count():
+        lease = claims.next_unit(order) if leader else None
+        index = ids.index(lease.unit) if lease is not None else -1
+        if multi:
+            index = _broadcast_int(index)
+        if index < 0:
+            summary.stopped = bool(stop()) if not multi else _any_process(stop())
+            return summary
+        unit = ids[index]
+        complete = False
+        try:
+            complete = bool(extract_unit(unit, units[unit], lease if leader else _FollowerLease(unit)))
+        finally:
+            if multi:
+                complete = _all_processes(complete)
+            if leader:
+                if claims.finish(lease, complete):
+                    summary.done_here.append(unit)
+                elif not complete:
+                    summary.released.append(unit)
+        if not complete:
+            summary.stopped = True
+            return summary
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _FollowerLease:
+    """What a non-leader process of a multi-host worker sees; the leader's lease decides."""
+
+    unit: str
+
+    def held(self) -> bool:
+        return True
+
+
+def _broadcast_int(value: int) -> int:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def _all_processes(flag: bool) -> bool:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _any_process(flag: bool) -> bool:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
