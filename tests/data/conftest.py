@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
-from data_task_helpers import make_task
 
 
 @pytest.fixture
@@ -18,8 +16,3 @@ def write_json(tmp_path):
         return str(path)
 
     return write
-
-
-@pytest.fixture
-def task_factory():
-    return lambda *a, **k: copy.deepcopy(make_task(*a, **k))

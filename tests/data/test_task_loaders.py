@@ -52,7 +52,9 @@ def test_single_task_file_takes_its_id_from_the_name(write_json):
 
 
 def test_list_of_tasks_with_ids(write_json):
-    tasks = load_tasks(write_json("list.json", [{"task_id": tid, **make_task(i)} for i, tid in enumerate(IDS)]))
+    tasks = load_tasks(
+        write_json("list.json", [{"task_id": tid, **make_task(i)} for i, tid in enumerate(IDS)])
+    )
     assert [t.task_id for t in tasks] == sorted(IDS)
 
 
@@ -62,7 +64,9 @@ def test_kaggle_challenges_with_solutions(write_json):
     solutions["not-loaded"] = [[[1]]]  # solutions for other tasks are ignored
     plain = load_tasks(write_json("x_challenges.json", challenges))
     assert all(ex.output is None for t in plain for ex in t.test)
-    tasks = load_tasks(write_json("x_challenges.json", challenges), solutions=write_json("x_solutions.json", solutions))
+    tasks = load_tasks(
+        write_json("x_challenges.json", challenges), solutions=write_json("x_solutions.json", solutions)
+    )
     for i, tid in enumerate(IDS):
         task = next(t for t in tasks if t.task_id == tid)
         assert _same(task, make_task(i, n_test=2))
@@ -74,7 +78,10 @@ def test_solutions_errors(write_json):
     cases = [
         ({}, "s.json: task t1: no solution for this task"),
         ({"t1": outs[:1]}, "s.json: task t1: expected a list of 2 output grid(s), one per test input, got 1"),
-        ({"t1": [outs[0], [[1, 2], [3]]]}, "s.json: task t1: test[1].output row 1: has 1 cells but row 0 has 2"),
+        (
+            {"t1": [outs[0], [[1, 2], [3]]]},
+            "s.json: task t1: test[1].output row 1: has 1 cells but row 0 has 2",
+        ),
         ([1, 2], "s.json: expected a solutions object"),
     ]
     for solutions, message in cases:
@@ -107,14 +114,22 @@ def test_builtin_versions_are_named_explicitly():
     first = load_tasks("arc-agi-1/training", max_tasks=1)[0]
     assert first.task_id == "007bbfb7"
     assert first.train[0].input == as_grid([[0, 7, 7], [7, 7, 7], [0, 7, 7]])
-    assert {t.task_id for t in load_tasks("arc-agi-2/evaluation")} != {t.task_id for t in load_tasks("arc-agi-1/evaluation")}
+    assert {t.task_id for t in load_tasks("arc-agi-2/evaluation")} != {
+        t.task_id for t in load_tasks("arc-agi-1/evaluation")
+    }
 
 
 @pytest.mark.parametrize(
     "make_src,message",
     [
-        (lambda d: str(d / "missing.json"), "missing.json: no such file or folder; expected a .json/.jsonl task file"),
-        (lambda d: "arc-agi-3/training", "unknown built-in set; the built-in sets are " + ", ".join(BUILTINS)),
+        (
+            lambda d: str(d / "missing.json"),
+            "missing.json: no such file or folder; expected a .json/.jsonl task file",
+        ),
+        (
+            lambda d: "arc-agi-3/training",
+            "unknown built-in set; the built-in sets are " + ", ".join(BUILTINS),
+        ),
         (lambda d: str(d), "folder has no <task_id>.json files"),
     ],
 )

@@ -32,7 +32,10 @@ def test_assignment_is_a_balanced_partition_independent_of_input_order(ids, n, r
 
 def test_streams_of_arc_agi_1_evaluation(tmp_path):
     out = tmp_path / "streams"
-    assert main(["streams", "--tasks", "arc-agi-1/evaluation", "--num-streams", "7", "--output-dir", str(out)]) == 0
+    assert (
+        main(["streams", "--tasks", "arc-agi-1/evaluation", "--num-streams", "7", "--output-dir", str(out)])
+        == 0
+    )
     all_tasks = {t.task_id: t for t in load_tasks("arc-agi-1/evaluation")}
     seen = []
     for k in range(7):
@@ -44,7 +47,11 @@ def test_streams_of_arc_agi_1_evaluation(tmp_path):
     assert sorted(seen) == sorted(all_tasks)
     assert not (out / stream_file_name(7)).exists()
     manifest = json.loads((out / "streams.json").read_text())
-    assert manifest["num_streams"] == 7 and sum(manifest["counts"]) == 400 and manifest["source"] == "arc-agi-1/evaluation"
+    assert (
+        manifest["num_streams"] == 7
+        and sum(manifest["counts"]) == 400
+        and manifest["source"] == "arc-agi-1/evaluation"
+    )
 
     # deterministic: a second run, from a differently ordered source file, writes the same bytes
     shuffled = tmp_path / "shuffled.jsonl"
@@ -86,9 +93,22 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
     rc = main(["streams", "--tasks", str(bad), "--num-streams", "2", "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0] == f"arclens: error: {bad}: task abc: train[0].output row 1: has 1 cells but row 0 has 2; grid must be rectangular"
+    assert (
+        err[0]
+        == f"arclens: error: {bad}: task abc: train[0].output row 1: has 1 cells but row 0 has 2; grid must be rectangular"
+    )
     assert not (tmp_path / "o").exists()
 
-    rc = main(["streams", "--tasks", "arc-agi-9/evaluation", "--num-streams", "2", "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "streams",
+            "--tasks",
+            "arc-agi-9/evaluation",
+            "--num-streams",
+            "2",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "arc-agi-2/evaluation" in err[0]

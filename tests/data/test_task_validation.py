@@ -34,40 +34,88 @@ def _del(task: dict, path: tuple) -> dict:
 
 # (name, how to break a valid task, text the error must contain after "FILE: task t1: ")
 CASES = [
-    ("non-rectangular", lambda t: _set(t, ("train", 1, "output"), [[1, 2], [3]]),
-     "train[1].output row 1: has 1 cells but row 0 has 2; grid must be rectangular"),
-    ("value above 9", lambda t: _set(t, ("train", 0, "input"), [[1, 2], [12, 0]]),
-     "train[0].input row 1 col 0: value 12 is outside 0-9"),
-    ("negative value", lambda t: _set(t, ("test", 0, "input"), [[-1]]),
-     "test[0].input row 0 col 0: value -1 is outside 0-9"),
-    ("float value", lambda t: _set(t, ("test", 0, "output"), [[1.5]]),
-     "test[0].output row 0 col 0: expected an int 0-9, got float 1.5"),
-    ("boolean value", lambda t: _set(t, ("train", 0, "input"), [[True]]),
-     "train[0].input row 0 col 0: expected an int 0-9, got a boolean True"),
-    ("31 rows", lambda t: _set(t, ("train", 0, "output"), [[1]] * 31),
-     "train[0].output: grid is 31x1; each side must be 1..30"),
-    ("31 columns", lambda t: _set(t, ("test", 0, "input"), [[0] * 31] * 2),
-     "test[0].input: grid is 2x31; each side must be 1..30"),
-    ("no rows", lambda t: _set(t, ("train", 0, "input"), []),
-     "train[0].input: grid has no rows; each side must be 1..30"),
-    ("empty row", lambda t: _set(t, ("train", 0, "input"), [[]]),
-     "train[0].input row 0: row is empty; each side must be 1..30"),
-    ("grid is a string", lambda t: _set(t, ("train", 0, "input"), "123"),
-     "train[0].input: expected a list of rows, got a string"),
-    ("row is a number", lambda t: _set(t, ("train", 0, "input"), [1, 2]),
-     "train[0].input row 0: expected a list of ints, got int"),
-    ("empty train", lambda t: _set(t, ("train",), []),
-     "'train' is empty; a task needs at least one train example"),
-    ("empty test", lambda t: _set(t, ("test",), []),
-     "'test' is empty; a task needs at least one test example"),
+    (
+        "non-rectangular",
+        lambda t: _set(t, ("train", 1, "output"), [[1, 2], [3]]),
+        "train[1].output row 1: has 1 cells but row 0 has 2; grid must be rectangular",
+    ),
+    (
+        "value above 9",
+        lambda t: _set(t, ("train", 0, "input"), [[1, 2], [12, 0]]),
+        "train[0].input row 1 col 0: value 12 is outside 0-9",
+    ),
+    (
+        "negative value",
+        lambda t: _set(t, ("test", 0, "input"), [[-1]]),
+        "test[0].input row 0 col 0: value -1 is outside 0-9",
+    ),
+    (
+        "float value",
+        lambda t: _set(t, ("test", 0, "output"), [[1.5]]),
+        "test[0].output row 0 col 0: expected an int 0-9, got float 1.5",
+    ),
+    (
+        "boolean value",
+        lambda t: _set(t, ("train", 0, "input"), [[True]]),
+        "train[0].input row 0 col 0: expected an int 0-9, got a boolean True",
+    ),
+    (
+        "31 rows",
+        lambda t: _set(t, ("train", 0, "output"), [[1]] * 31),
+        "train[0].output: grid is 31x1; each side must be 1..30",
+    ),
+    (
+        "31 columns",
+        lambda t: _set(t, ("test", 0, "input"), [[0] * 31] * 2),
+        "test[0].input: grid is 2x31; each side must be 1..30",
+    ),
+    (
+        "no rows",
+        lambda t: _set(t, ("train", 0, "input"), []),
+        "train[0].input: grid has no rows; each side must be 1..30",
+    ),
+    (
+        "empty row",
+        lambda t: _set(t, ("train", 0, "input"), [[]]),
+        "train[0].input row 0: row is empty; each side must be 1..30",
+    ),
+    (
+        "grid is a string",
+        lambda t: _set(t, ("train", 0, "input"), "123"),
+        "train[0].input: expected a list of rows, got a string",
+    ),
+    (
+        "row is a number",
+        lambda t: _set(t, ("train", 0, "input"), [1, 2]),
+        "train[0].input row 0: expected a list of ints, got int",
+    ),
+    (
+        "empty train",
+        lambda t: _set(t, ("train",), []),
+        "'train' is empty; a task needs at least one train example",
+    ),
+    (
+        "empty test",
+        lambda t: _set(t, ("test",), []),
+        "'test' is empty; a task needs at least one test example",
+    ),
     ("missing train", lambda t: _del(t, ("train",)), "missing 'train' list"),
-    ("train not a list", lambda t: _set(t, ("train",), {"input": [[1]]}),
-     "'train' must be a list of examples, got an object"),
-    ("train output missing", lambda t: _del(t, ("train", 1, "output")),
-     "train[1]: missing 'output'; every train example needs one"),
+    (
+        "train not a list",
+        lambda t: _set(t, ("train",), {"input": [[1]]}),
+        "'train' must be a list of examples, got an object",
+    ),
+    (
+        "train output missing",
+        lambda t: _del(t, ("train", 1, "output")),
+        "train[1]: missing 'output'; every train example needs one",
+    ),
     ("test input missing", lambda t: _del(t, ("test", 0, "input")), "test[0]: missing 'input'"),
-    ("example not an object", lambda t: _set(t, ("train", 0), [[[1]], [[2]]]),
-     "train[0]: expected an object with 'input' and 'output', got a list"),
+    (
+        "example not an object",
+        lambda t: _set(t, ("train", 0), [[[1]], [[2]]]),
+        "train[0]: expected an object with 'input' and 'output', got a list",
+    ),
 ]
 
 
@@ -82,7 +130,9 @@ def test_each_rule_names_file_task_and_place(write_json, name, breaker, expected
 
 def test_task_that_is_not_an_object(write_json):
     path = write_json("c.json", {"t1": [1, 2]})
-    with pytest.raises(UserError, match=r"c\.json: task t1: expected an object with 'train' and 'test', got a list"):
+    with pytest.raises(
+        UserError, match=r"c\.json: task t1: expected an object with 'train' and 'test', got a list"
+    ):
         load_tasks(path)
 
 
@@ -98,10 +148,15 @@ def test_jsonl_errors_name_the_line(tmp_path):
     path = tmp_path / "t.jsonl"
     bad = make_task(1)
     bad["test"][0]["input"] = [[1, 2], [3]]
-    path.write_text(json.dumps({"task_id": "ok", **make_task(0)}) + "\n" + json.dumps({"task_id": "bad", **bad}) + "\n")
+    path.write_text(
+        json.dumps({"task_id": "ok", **make_task(0)}) + "\n" + json.dumps({"task_id": "bad", **bad}) + "\n"
+    )
     with pytest.raises(UserError) as err:
         load_tasks(str(path))
-    assert str(err.value) == f"{path} line 2: task bad: test[0].input row 1: has 1 cells but row 0 has 2; grid must be rectangular"
+    assert (
+        str(err.value)
+        == f"{path} line 2: task bad: test[0].input row 1: has 1 cells but row 0 has 2; grid must be rectangular"
+    )
 
 
 # ---- check_grid on its own, with generated grids ------------------------------------------------

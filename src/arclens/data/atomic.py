@@ -25,7 +25,7 @@ def atomic_text_files(*paths: Path) -> Iterator[tuple[TextIO, ...]]:
     files: list[TextIO] = []
     try:
         for tmp in temps:
-            files.append(open(tmp, "w", encoding="utf-8"))
+            files.append(open(tmp, "w", encoding="utf-8"))  # noqa: SIM115 - closed on commit or discard
     except OSError as e:
         _discard(files, temps)
         raise UserError(f"{e.filename}: cannot write ({e.strerror})") from None

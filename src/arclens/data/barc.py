@@ -89,10 +89,14 @@ def task_id_for(train: list[tuple[Grid, Grid]], test: tuple[Grid, Grid]) -> str:
 
 def convert_row(row, max_train_examples: int | None = None) -> ConvertedRow:
     if not isinstance(row, Mapping):
-        return ConvertedRow(skip="malformed", reason=f"expected an object with an 'examples' column, got {type(row).__name__}")
+        return ConvertedRow(
+            skip="malformed", reason=f"expected an object with an 'examples' column, got {type(row).__name__}"
+        )
     examples = row.get("examples")
     if not isinstance(examples, (list, tuple)):
-        return ConvertedRow(skip="malformed", reason="'examples' is missing or not a list of [input, output] pairs")
+        return ConvertedRow(
+            skip="malformed", reason="'examples' is missing or not a list of [input, output] pairs"
+        )
     pairs: list[tuple[Grid, Grid]] = []
     dropped = 0
     for i, pair in enumerate(examples):
@@ -215,7 +219,9 @@ def iter_rows(dataset: str, split: str) -> Iterator[tuple[str, object]]:
             return _json_rows(path, split)
         return stream_with_datasets("parquet", split="train", label=dataset, data_files=str(path))
     if path.exists():
-        raise UserError(f"--dataset {dataset}: expected a .jsonl, .parquet or .json file, or a hub dataset id")
+        raise UserError(
+            f"--dataset {dataset}: expected a .jsonl, .parquet or .json file, or a hub dataset id"
+        )
     return stream_with_datasets(dataset, split=split, label=dataset)
 
 
@@ -249,11 +255,15 @@ def stream_with_datasets(path: str, split: str, label: str, **kwargs) -> Iterato
     try:
         import datasets
     except ImportError:
-        raise UserError(f"--dataset {label}: reading it needs the `datasets` package (pip install 'arclens[hub]')") from None
+        raise UserError(
+            f"--dataset {label}: reading it needs the `datasets` package (pip install 'arclens[hub]')"
+        ) from None
     try:
         stream = iter(datasets.load_dataset(path, split=split, streaming=True, **kwargs))
     except Exception as e:  # noqa: BLE001 - any failure of the library to open the source is the user's to fix
-        raise UserError(f"--dataset {label}: cannot open split {split!r} with `datasets` ({_first_line(e)})") from None
+        raise UserError(
+            f"--dataset {label}: cannot open split {split!r} with `datasets` ({_first_line(e)})"
+        ) from None
     return _guarded(stream, label)
 
 

@@ -11,7 +11,9 @@ from arclens.data.streams import write_streams
 
 def convert(args) -> int:
     def progress(report: ConvertReport) -> None:  # 200k hub rows take a while; show life on stderr
-        print(f"  ... {report.rows_read} rows read, {report.tasks_written} tasks", file=sys.stderr, flush=True)
+        print(
+            f"  ... {report.rows_read} rows read, {report.tasks_written} tasks", file=sys.stderr, flush=True
+        )
 
     report = convert_barc(
         args.dataset,
@@ -29,5 +31,7 @@ def convert(args) -> int:
 def streams(args) -> int:
     tasks = load_tasks(args.tasks, solutions=args.solutions, max_tasks=args.max_tasks)
     paths = write_streams(tasks, args.num_streams, args.output_dir, source=args.tasks)
-    print(f"arclens streams: {len(tasks)} tasks from {args.tasks} -> {len(paths)} streams in {args.output_dir}")
+    print(
+        f"arclens streams: {len(tasks)} tasks from {args.tasks} -> {len(paths)} streams in {args.output_dir}"
+    )
     return 0

@@ -91,9 +91,13 @@ def _read_json_file(path: Path) -> list[Task]:
     data = read_json(path)
     source = str(path)
     if isinstance(data, list):  # a list of tasks, each carrying its id
-        return [parse_task(_task_id_of(item, f"{source} item {i}"), item, source) for i, item in enumerate(data)]
+        return [
+            parse_task(_task_id_of(item, f"{source} item {i}"), item, source) for i, item in enumerate(data)
+        ]
     if not isinstance(data, Mapping):
-        raise UserError(f"{source}: expected a JSON object of tasks keyed by task id, got {type(data).__name__}")
+        raise UserError(
+            f"{source}: expected a JSON object of tasks keyed by task id, got {type(data).__name__}"
+        )
     if _looks_like_one_task(data):
         return [parse_task(path.stem, data, source)]
     return [parse_task(task_id, task, source) for task_id, task in data.items()]
@@ -175,12 +179,16 @@ def apply_solutions(tasks: list[Task], solutions: Mapping, source: str) -> list[
         grids = solutions[task.task_id]
         if not isinstance(grids, list) or len(grids) != len(task.test):
             n = len(grids) if isinstance(grids, list) else type(grids).__name__
-            raise UserError(f"{prefix}: expected a list of {len(task.test)} output grid(s), one per test input, got {n}")
+            raise UserError(
+                f"{prefix}: expected a list of {len(task.test)} output grid(s), one per test input, got {n}"
+            )
         test = []
         for i, (ex, grid) in enumerate(zip(task.test, grids)):
             output = parse_grid(grid, f"{prefix}: test[{i}].output")
             if ex.output is not None and ex.output != output:
-                raise UserError(f"{prefix}: test[{i}].output differs from the output already in the task file")
+                raise UserError(
+                    f"{prefix}: test[{i}].output differs from the output already in the task file"
+                )
             test.append(Example(ex.input, output))
         out.append(replace(task, test=tuple(test)))
     return out

@@ -47,9 +47,13 @@ def write_streams(tasks: Sequence[Task], num_streams: int, output_dir: str, sour
     a larger N are refused (they would silently overlap with the new streams)."""
     streams = assign_streams((t.task_id for t in tasks), num_streams)
     if len(tasks) < num_streams:
-        raise UserError(f"--num-streams {num_streams} is more than the {len(tasks)} tasks; every stream needs a task")
+        raise UserError(
+            f"--num-streams {num_streams} is more than the {len(tasks)} tasks; every stream needs a task"
+        )
     out = ensure_output_dir(output_dir)
-    stale = sorted(p.name for p in out.iterdir() if (m := _STREAM_FILE.fullmatch(p.name)) and int(m[1]) >= num_streams)
+    stale = sorted(
+        p.name for p in out.iterdir() if (m := _STREAM_FILE.fullmatch(p.name)) and int(m[1]) >= num_streams
+    )
     if stale:
         raise UserError(
             f"--output-dir {out}: holds {stale[0]} from an earlier run with more streams; "
@@ -67,6 +71,8 @@ def write_streams(tasks: Sequence[Task], num_streams: int, output_dir: str, sour
     with atomic_text_files(*paths, out / "streams.json") as files:
         for f, ids in zip(files, streams):
             for task_id in ids:
-                f.write(json.dumps({"task_id": task_id, **by_id[task_id].to_json()}, separators=(",", ":")) + "\n")
+                f.write(
+                    json.dumps({"task_id": task_id, **by_id[task_id].to_json()}, separators=(",", ":")) + "\n"
+                )
         files[-1].write(json.dumps(manifest, indent=2) + "\n")
     return paths

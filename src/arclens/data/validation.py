@@ -48,7 +48,9 @@ def check_grid(value) -> Grid:
             if width == 0:
                 raise GridError(f"row {r}", "row is empty; each side must be 1..30")
         elif len(row) != width:
-            raise GridError(f"row {r}", f"has {len(row)} cells but row 0 has {width}; grid must be rectangular")
+            raise GridError(
+                f"row {r}", f"has {len(row)} cells but row 0 has {width}; grid must be rectangular"
+            )
         for c, v in enumerate(row):
             # bool is an int subclass; a JSON `true` in a grid is a mistake, not colour 1. Numpy
             # integers (rows read through pyarrow/datasets) are Integral and fine.
@@ -99,7 +101,9 @@ def _parse_examples(data: Mapping, part: str, prefix: str, output_required: bool
     for i, item in enumerate(items):
         where = f"{part}[{i}]"
         if not isinstance(item, Mapping):
-            raise UserError(f"{prefix}: {where}: expected an object with 'input' and 'output', got {_kind(item)}")
+            raise UserError(
+                f"{prefix}: {where}: expected an object with 'input' and 'output', got {_kind(item)}"
+            )
         if "input" not in item:
             raise UserError(f"{prefix}: {where}: missing 'input'")
         grid_in = parse_grid(item["input"], f"{prefix}: {where}.input")
@@ -119,7 +123,9 @@ def parse_grid(value, where: str) -> Grid:
     try:
         return check_grid(value)
     except GridError as err:
-        raise UserError(f"{where} {err.where}: {err.message}" if err.where else f"{where}: {err.message}") from None
+        raise UserError(
+            f"{where} {err.where}: {err.message}" if err.where else f"{where}: {err.message}"
+        ) from None
 
 
 def _kind(value) -> str:
