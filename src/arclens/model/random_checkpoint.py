@@ -287,7 +287,9 @@ def write_random_model(
     tokenizer = build_tokenizer()
     if len(tokenizer) > spec.vocab_size:
         raise AssertionError("tokenizer larger than the preset's vocabulary")
-    tokenizer.save_pretrained(str(out))
+    # The chat template goes into tokenizer_config.json, where Qwen2.5 ships it and every
+    # transformers version reads it (5.x would otherwise write only chat_template.jinja).
+    tokenizer.save_pretrained(str(out), save_jinja_files=False)
     config = _hf_config(spec, tokenizer, dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
