@@ -99,16 +99,16 @@ class Checkpoint:
         self._stack = ExitStack()
         self._handles: dict[str, object] = {}
         if self.weight_map is None:
-            self.weight_map = {k: SINGLE_FILE for k in self._handle(SINGLE_FILE).keys()}
+            self.weight_map = {k: SINGLE_FILE for k in self._handle(SINGLE_FILE).keys()}  # noqa: SIM118 (not a dict)
 
     def _handle(self, fname: str):
         if fname not in self._handles:
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
             f = self.path / fname
             try:
                 self._handles[fname] = self._stack.enter_context(safe_open(str(f), framework="numpy"))
-            except Exception as e:  # safetensors raises its own SafetensorError / OSError
+            except (SafetensorError, OSError, ValueError) as e:
                 raise UserError(f"{f}: cannot read safetensors file ({e})") from None
         return self._handles[fname]
 
@@ -119,11 +119,12 @@ class Checkpoint:
         if name not in self.weight_map:
             raise UserError(f"{self.path}: missing tensor {name!r}")
         fname = self.weight_map[name]
+        handle = self._handle(fname)
+        from safetensors import SafetensorError
+
         try:
-            return self._handle(fname).get_slice(name)
-        except UserError:
-            raise
-        except Exception as e:
+            return handle.get_slice(name)
+        except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"{self.path / fname}: cannot read tensor {name!r} ({e})") from None
 
     def close(self) -> None:
