@@ -1,0 +1,95 @@
+"""System + user + assistant messages through the tokenizer's own chat template, as arc24 does.
+
+arc24 renders the whole conversation with `apply_chat_template(..., add_generation_prompt=False)`,
+the assistant message being "### Output\\n\\n```grid" for inference, and then cuts the text at the
+last end-of-turn marker of the template (`remove_assistant_ending`). Training prompts keep the
+answer grid and the closing tokens.
+
+We render a *skeleton* once per (prompt version, number of train examples, form): the same
+conversation with a placeholder where each grid goes. Splitting it at the placeholders gives text
+pieces and grid numbers, so a prompt is the pieces joined with the grid texts, and every grid's
+character offset is known exactly. The skeleton is shared by all test inputs and augmentations
+of every task with that many examples.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import jinja2
+
+from arclens.errors import UserError
+from arclens.prompts.templates import PromptVersion
+
+# arc24's remove_assistant_ending, in its order of checks: llama 3, Qwen (ChatML), phi-3.
+END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>")
+INFERENCE_ANSWER = "```grid"  # what arc24 puts in the assistant message of an inference prompt
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def placeholder(grid_number: int) -> str:
+    return f"\ue000{grid_number}\ue001"
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """Text pieces around grid slots: texts[0] + grid[slots[0]] + texts[1] + ... + texts[-1]."""
+
+    texts: tuple[str, ...]
+    slots: tuple[int, ...]  # grid numbers (SPEC.md section 3), in order of appearance
+
+
+def grid_numbers(n_train: int) -> dict[str, int]:
+    """SPEC.md section 3: example i input = 2i, output = 2i+1, test input = 2n, test output = 2n+1."""
+    return {"test_input": 2 * n_train, "test_output": 2 * n_train + 1}
+
+
+def remove_assistant_ending(text: str, tokenizer_name: str = "tokenizer") -> str:
+    """Cut at the last end-of-turn marker, as arc24 does (arc24 fails obscurely on unknown ones)."""
+    for marker in END_OF_TURN_MARKERS:
+        if marker in text:
+            return text[: text.rfind(marker)]
+    raise UserError(
+        f"{tokenizer_name}: unknown chat template; arc24's prompts know the end-of-turn markers "
+        f"{', '.join(END_OF_TURN_MARKERS)} (llama 3, Qwen, phi-3) and this template uses none"
+    )
+
+
+def render_skeleton(tokenizer, version: PromptVersion, n_train: int, with_answer: bool) -> Skeleton:
+    numbers = grid_numbers(n_train)
+    train_samples = [{"input": placeholder(2 * i), "output": placeholder(2 * i + 1)} for i in range(n_train)]
+    user = version.user.render(train_samples=train_samples, test_input=placeholder(numbers["test_input"]))
+    if with_answer:
+        output = placeholder(numbers[f"test_{version.answer_grid}"])
+    else:
+        output = INFERENCE_ANSWER
+    assistant = version.answer.render(output=output)
+    messages = [
+        {"role": "system", "content": version.system},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]
+    name = getattr(tokenizer, "name_or_path", None) or "tokenizer"
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{name}: the tokenizer has no chat template; arc24's prompts need one")
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    except (
+        jinja2.TemplateError,
+        ValueError,
+        TypeError,
+        KeyError,
+    ) as err:  # the model's template, not our bug
+        raise UserError(f"{name}: its chat template failed on arc24's messages: {err}") from None
+    if not with_answer:
+        text = remove_assistant_ending(text, name)
+    pieces = _PLACEHOLDER.split(text)
+    texts, slots = tuple(pieces[0::2]), tuple(int(p) for p in pieces[1::2])
+    expected = tuple(int(p) for p in _PLACEHOLDER.findall(user + assistant))
+    if slots != expected or any("\ue000" in t or "\ue001" in t for t in texts):
+        raise UserError(
+            f"{name}: its chat template changes message contents; arc24's prompts need them verbatim"
+        )
+    return Skeleton(texts, slots)

@@ -1,0 +1,292 @@
+"""arc24's seven grid encoders (ironbar/arc24, scripts/arc24/encoders.py), re-implemented.
+
+`to_text` prints exactly what arc24 prints. `to_grid` reads text back the way arc24 reads it, but
+returns an immutable Grid and raises `GridParseError` (a ValueError) instead of returning a ragged
+list or failing with whatever exception Python happened to raise; `parse_grid` in output.py turns
+that into "no grid".
+
+Beyond arc24, every encoder also reports *where* each cell lands in its text (`render`): one
+`[start, end)` character span per cell, row-major. Token roles (roles.py) are derived from these
+spans and the tokenizer's offsets, never by guessing from the text.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from arclens.data.tasks import Grid
+
+
+class GridParseError(ValueError):
+    """Text that does not decode into a rectangular grid of colours 0-9."""
+
+
+def _check_rectangular(rows: list[tuple[int, ...]]) -> Grid:
+    """arc24 leaves this to `validate_grid` after decoding; we fail early with the same outcome."""
+    if not rows or not rows[0]:
+        raise GridParseError("empty grid")
+    width = len(rows[0])
+    for row in rows:
+        if len(row) != width:
+            raise GridParseError("ragged grid: rows of different lengths")
+        for v in row:
+            if not 0 <= v <= 9:
+                raise GridParseError(f"colour {v} is outside 0-9")
+    return tuple(rows)
+
+
+def _to_int(token: str) -> int:
+    # int() exactly as arc24 uses it (it accepts surrounding spaces and any Unicode decimal digit).
+    try:
+        return int(token)
+    except ValueError:
+        raise GridParseError(f"not a number: {token!r}") from None
+
+
+class GridEncoder(ABC):
+    """Base class. `expression` is the arc24 spelling, e.g. "GridCodeBlockEncoder(MinimalGridEncoder())"."""
+
+    @abstractmethod
+    def to_text(self, grid: Grid) -> str: ...
+
+    @abstractmethod
+    def to_grid(self, text: str) -> Grid: ...
+
+    @abstractmethod
+    def render(self, grid: Grid) -> tuple[str, np.ndarray]:
+        """(to_text(grid), int64 [h*w, 2] character spans of the cells, row-major)."""
+
+    @property
+    @abstractmethod
+    def expression(self) -> str: ...
+
+    @property
+    def chars_per_cell(self) -> int:
+        """How many characters print one cell (token roles are exact when this is 1)."""
+        return 1
+
+    def __repr__(self) -> str:
+        return self.expression
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GridEncoder) and self.expression == other.expression
+
+    def __hash__(self) -> int:
+        return hash(self.expression)
+
+
+def _row_major_spans(h: int, w: int, row_stride: int, col_stride: int, width: int) -> np.ndarray:
+    rows, cols = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    start = rows * row_stride + cols * col_stride
+    return np.stack([start, start + width], axis=1)
+
+
+class MinimalGridEncoder(GridEncoder):
+    """One digit per cell, rows on their own lines."""
+
+    def to_text(self, grid):
+        return "\n".join("".join(map(str, row)) for row in grid)
+
+    def render(self, grid):
+        h, w = len(grid), len(grid[0])
+        return self.to_text(grid), _row_major_spans(h, w, w + 1, 1, 1)
+
+    def to_grid(self, text):
+        return _check_rectangular([tuple(_to_int(x) for x in line) for line in text.strip().splitlines()])
+
+    @property
+    def expression(self):
+        return "MinimalGridEncoder()"
+
+
+class GridWithSeparationEncoder(GridEncoder):
+    """Digits joined by `split_symbol`, e.g. '|' gives "1|2|3"."""
+
+    def __init__(self, split_symbol: str):
+        if not isinstance(split_symbol, str) or not split_symbol:
+            raise ValueError("GridWithSeparationEncoder needs a non-empty string separator")
+        # Digits or line breaks would make the text ambiguous (no round trip), '<' could forge a
+        # chat-template marker and \ue000/\ue001 are our own placeholders (chat.py).
+        if (
+            any(c.isdigit() or c in "<\ue000\ue001" for c in split_symbol)
+            or len(split_symbol.splitlines()) > 1
+        ):
+            raise ValueError(f"GridWithSeparationEncoder: unusable separator {split_symbol!r}")
+        self.split_symbol = split_symbol
+
+    def to_text(self, grid):
+        return "\n".join(self.split_symbol.join(map(str, row)) for row in grid)
+
+    def render(self, grid):
+        h, w = len(grid), len(grid[0])
+        s = len(self.split_symbol)
+        return self.to_text(grid), _row_major_spans(h, w, w + (w - 1) * s + 1, 1 + s, 1)
+
+    def to_grid(self, text):
+        lines = text.strip().splitlines()
+        return _check_rectangular(
+            [tuple(_to_int(x) for x in line.split(self.split_symbol)) for line in lines]
+        )
+
+    @property
+    def expression(self):
+        return f"GridWithSeparationEncoder({self.split_symbol!r})"
+
+
+class RepeatNumberEncoder(GridEncoder):
+    """Each digit printed n times ("111222"); arc24's default n is 3."""
+
+    def __init__(self, n: int = 3):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError("RepeatNumberEncoder needs a positive integer n")
+        self.n = n
+
+    def to_text(self, grid):
+        return "\n".join("".join(str(x) * self.n for x in row) for row in grid)
+
+    def render(self, grid):
+        h, w = len(grid), len(grid[0])
+        return self.to_text(grid), _row_major_spans(h, w, w * self.n + 1, self.n, self.n)
+
+    def to_grid(self, text):
+        # As arc24: every n-th character, without checking the repeats agree.
+        lines = text.strip().splitlines()
+        return _check_rectangular([tuple(_to_int(x) for x in line[:: self.n]) for line in lines])
+
+    @property
+    def chars_per_cell(self):
+        return self.n
+
+    @property
+    def expression(self):
+        return f"RepeatNumberEncoder({self.n})"
+
+
+class _Wrapper(GridEncoder):
+    def __init__(self, base_encoder: GridEncoder):
+        if not isinstance(base_encoder, GridEncoder):
+            raise TypeError(f"{type(self).__name__} wraps another encoder, got {base_encoder!r}")
+        self.encoder = base_encoder
+
+    @property
+    def chars_per_cell(self):
+        return self.encoder.chars_per_cell
+
+    @property
+    def expression(self):
+        return f"{type(self).__name__}({self.encoder.expression})"
+
+
+class GridCodeBlockEncoder(_Wrapper):
+    """The base text inside a ```grid code block."""
+
+    def to_text(self, grid):
+        return f"```grid\n{self.encoder.to_text(grid)}\n```"
+
+    def render(self, grid):
+        text, spans = self.encoder.render(grid)
+        return f"```grid\n{text}\n```", spans + len("```grid\n")
+
+    def to_grid(self, text):
+        parts = text.split("```grid\n")
+        if len(parts) < 2:
+            raise GridParseError("no ```grid code block")
+        return self.encoder.to_grid(parts[1].split("\n```")[0])
+
+
+class GridShapeEncoder(_Wrapper):
+    """A ```grid shape: HxW code block (arc24's default, around RowNumberEncoder)."""
+
+    def _header(self, grid):
+        return f"```grid shape: {len(grid)}x{len(grid[0])}\n"
+
+    def to_text(self, grid):
+        return f"{self._header(grid)}{self.encoder.to_text(grid)}\n```"
+
+    def render(self, grid):
+        text, spans = self.encoder.render(grid)
+        header = self._header(grid)
+        return f"{header}{text}\n```", spans + len(header)
+
+    def to_grid(self, text):
+        # arc24 reads the lines after the header up to the closing fence; the shape is not checked.
+        grid_lines, inside = [], False
+        for line in text.splitlines():
+            if line.startswith("```grid shape:"):
+                inside = True
+            elif inside:
+                if line.startswith("```"):
+                    break
+                grid_lines.append(line)
+        return self.encoder.to_grid("\n".join(grid_lines))
+
+
+class RowNumberEncoder(_Wrapper):
+    """Each line of the base text prefixed with its 1-based number and a space."""
+
+    def to_text(self, grid):
+        text = self.encoder.to_text(grid)
+        return "".join(f"{i + 1} {line}\n" for i, line in enumerate(text.splitlines())).strip()
+
+    def render(self, grid):
+        base, spans = self.encoder.render(grid)
+        lines = base.splitlines(keepends=True)
+        contents = [line.splitlines()[0] for line in lines]  # each line without its line break
+        prefixes = [f"{i + 1} " for i in range(len(lines))]
+        joined = "".join(f"{p}{c}\n" for p, c in zip(prefixes, contents))
+        text = joined.strip()  # as arc24; the text starts with "1 ", so only its end can move
+        # Shift every span by the growth of the text before its line: the prefixes so far, less
+        # any line break that was longer than the "\n" it became.
+        base_starts = np.cumsum([0] + [len(line) for line in lines[:-1]])
+        new_starts = np.cumsum([0] + [len(p) + len(c) + 1 for p, c in zip(prefixes, contents)][:-1])
+        line_of = np.searchsorted(base_starts, spans[:, 0], side="right") - 1
+        shift = (new_starts + np.array([len(p) for p in prefixes]) - base_starts)[line_of]
+        new_spans = spans + shift[:, None]
+        if (new_spans[:, 1] > len(text)).any():
+            raise AssertionError("a cell fell outside RowNumberEncoder's stripped text")
+        return text, new_spans
+
+    def to_grid(self, text):
+        stripped = []
+        for line in text.splitlines():
+            parts = line.split(" ", 1)
+            if len(parts) < 2:
+                raise GridParseError(f"line without a row number: {line!r}")
+            stripped.append(parts[1] + "\n")
+        return self.encoder.to_grid("".join(stripped))
+
+
+class ReplaceNumberEncoder(_Wrapper):
+    """Every digit of the base text (row numbers included) replaced by one of arc24's symbols."""
+
+    symbols = ("ñ", "ò", "÷", "û", "ą", "ć", "ď", "ę", "Ě", "Ğ")
+    # One character for one digit, so cell spans do not move. Symbols contain no digits, so
+    # arc24's ten successive str.replace calls are one translation table.
+    _encode = str.maketrans({str(i): s for i, s in enumerate(symbols)})
+    _decode = str.maketrans({s: str(i) for i, s in enumerate(symbols)})
+
+    def to_text(self, grid):
+        return self.encoder.to_text(grid).translate(self._encode)
+
+    def render(self, grid):
+        text, spans = self.encoder.render(grid)
+        return text.translate(self._encode), spans
+
+    def to_grid(self, text):
+        return self.encoder.to_grid(text.translate(self._decode))
+
+
+ENCODER_CLASSES: dict[str, type[GridEncoder]] = {
+    cls.__name__: cls
+    for cls in (
+        MinimalGridEncoder,
+        GridWithSeparationEncoder,
+        GridCodeBlockEncoder,
+        GridShapeEncoder,
+        RowNumberEncoder,
+        RepeatNumberEncoder,
+        ReplaceNumberEncoder,
+    )
+}

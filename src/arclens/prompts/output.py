@@ -1,0 +1,91 @@
+"""The output side: model text -> grid, validation, and arc24's voting.
+
+arc24 (scripts/inference.py, scripts/voting.py) parses each response with
+`grid_encoder.to_grid('```grid' + response)`, reverts the augmentation, validates the grid, and
+then votes per test input: identical grids are grouped, ranked by (number of votes, mean over the
+group of each prediction's mean token log-probability), and the top two become attempt_1 and
+attempt_2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from arclens.data.tasks import Grid
+from arclens.prompts.encoders import GridEncoder, GridParseError
+from arclens.prompts.expression import create_grid_encoder
+
+MAX_GRID_SIDE = 30  # ARC's limit (SPEC.md section 1)
+
+
+def validate_grid(grid) -> Grid:
+    """arc24's validate_grid (non-empty, rectangular, colours 0-9) plus ARC's 30x30 limit."""
+    if not isinstance(grid, (list, tuple)) or not grid:
+        raise GridParseError("not a non-empty grid")
+    rows = []
+    for row in grid:
+        if not isinstance(row, (list, tuple)) or not row:
+            raise GridParseError("empty row")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9 for v in row):
+            raise GridParseError("colours must be integers 0-9")
+        rows.append(tuple(row))
+    if len({len(r) for r in rows}) != 1:
+        raise GridParseError("ragged grid")
+    if len(rows) > MAX_GRID_SIDE or len(rows[0]) > MAX_GRID_SIDE:
+        raise GridParseError(f"larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE}")
+    return tuple(rows)
+
+
+def parse_grid(text: str, encoder: GridEncoder | str) -> Grid | None:
+    """The grid in a model's response to an inference prompt (which ends in "```grid"), or None.
+
+    Never raises on any string: malformed, ragged or out-of-range output is "no grid".
+    """
+    if isinstance(encoder, str):
+        encoder = create_grid_encoder(encoder)  # a bad expression is the user's error, not the model's
+    if not isinstance(text, str):
+        return None
+    try:
+        return validate_grid(encoder.to_grid("```grid" + text))
+    except (GridParseError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One parsed, reverted prediction for one test input. Give `mean_logprob` (the mean
+    log-probability of the generated tokens) or `logprobs` (one per generated token)."""
+
+    grid: Grid | None
+    mean_logprob: float | None = None
+    logprobs: Sequence[float] | None = None
+
+    def score(self) -> float:
+        """The tie-break value; -inf when unknown (arc24 would divide by zero there)."""
+        if self.mean_logprob is not None:
+            value = float(self.mean_logprob)
+        elif self.logprobs:
+            value = math.fsum(self.logprobs) / len(self.logprobs)
+        else:
+            return -math.inf
+        return -math.inf if math.isnan(value) else value
+
+
+def vote(predictions: Iterable[Prediction], n_attempts: int = 2) -> list[Grid]:
+    """Up to `n_attempts` grids, most voted first; ties broken by the higher mean of the
+    predictions' mean log-probabilities, then by first appearance (arc24's stable sort)."""
+    groups: dict[Grid, list[float]] = {}
+    for p in predictions:
+        if p.grid is None:
+            continue
+        groups.setdefault(p.grid, []).append(p.score())
+
+    def ranking(item):
+        scores = item[1]
+        mean = math.fsum(scores) / len(scores)
+        return (len(scores), -math.inf if math.isnan(mean) else mean)
+
+    ranked = sorted(groups.items(), key=ranking, reverse=True)
+    return [grid for grid, _ in ranked[:n_attempts]]
