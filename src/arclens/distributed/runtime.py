@@ -4,8 +4,9 @@ Multi-host JAX is SPMD: every process runs the same program over the same global
 feeds only its own slice of each batch, and gets back only the rows its devices hold. Nothing is
 ever gathered to one process. The helpers here are the whole seam between that model and the
 pipeline: where this process's rows are (``local_batch_rows``), building the global batch
-(``global_batch``), reading captures back (``local_rows``), a barrier, and creating a shared
-object exactly once (``create_or_compare``).
+(``global_batch``), reading captures back (``local_rows``) and a barrier. (``metadata.json`` needs
+no helper: ``store.writer.open_or_create_store`` creates it create-only, so whichever process wins
+creates it and every other one compares its settings against the winner's.)
 
 How a process learns its place, first match wins (also in docs/SCALING.md):
 
@@ -25,7 +26,6 @@ import importlib.util
 import logging
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,24 +222,3 @@ def barrier(name: str, runtime: Runtime | None = None) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-def create_or_compare(fs, path: str, data: bytes, same: Callable[[bytes], bool]) -> bool:
-    """Create ``path`` with ``data`` unless it exists; then ``same(existing)`` must hold.
-
-    Race-free for any number of processes and hosts: the create is conditional (create-only), so
-    exactly one creator wins and everyone else, winner included on a lost-response retry, compares
-    against the object that actually landed. Returns True for the process that created it.
-    Raises UserError when the existing object disagrees (``same`` may raise its own).
-    """
-    from arclens.store.fs import create_only, read_bytes
-
-    try:
-        create_only(fs, path, data)
-        return True
-    except FileExistsError:
-        pass
-    existing = read_bytes(fs, path)
-    if existing != data and not same(existing):
-        raise UserError(f"{path} already exists with different settings")
-    return False
