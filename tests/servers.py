@@ -249,7 +249,9 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in proxy.HOP_HEADERS:
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body but announces the object's length: pass that on.
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -54,7 +54,7 @@ class ShardFile:
         return self._mmap
 
     def _range(self, start: int, end: int) -> bytes:
-        return fsx.with_retries(f"read {self.path}", lambda _i: self.fs.cat_file(self.path, start, end))
+        return fsx.with_retries(f"read {self.path}", lambda _i: self.fs.cat_file(self.path, start=start, end=end))
 
     def read(self, names) -> dict[str, np.ndarray]:
         """Whole tensors by name: read-only memory-mapped views locally, fresh arrays remotely."""
