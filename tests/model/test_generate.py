@@ -86,13 +86,14 @@ def _run(ours, prompts, **kw):
     config, params = ours
     kw.setdefault("max_new_tokens", NEW)
     kw.setdefault("batch_size", 4)
+    kw.setdefault("chunk", 8)  # one compiled shape set shared by the tests
     res = dict(generate(params, config, prompts, **kw))
     return [res[i] for i in range(len(prompts))]
 
 
 def test_greedy_tokens_and_logprobs_match_transformers(ours, prompts, reference):
     stats = GenerateStats()
-    gens = _run(ours, prompts, chunk=16, stats=stats)
+    gens = _run(ours, prompts, stats=stats)
     for g, (toks, lps), p in zip(gens, reference, prompts, strict=True):
         np.testing.assert_array_equal(g.token_ids, toks)
         np.testing.assert_allclose(g.logprobs, lps, atol=1e-4, rtol=0)
@@ -102,7 +103,7 @@ def test_greedy_tokens_and_logprobs_match_transformers(ours, prompts, reference)
 
 
 def test_python_loop_equals_while_loop(ours, prompts, reference):
-    gens = _run(ours, prompts[:3], chunk=24, loop="python", batch_size=3)
+    gens = _run(ours, prompts[:4], loop="python")
     for g, (toks, _) in zip(gens, reference, strict=False):
         np.testing.assert_array_equal(g.token_ids, toks)
 
@@ -117,7 +118,7 @@ def test_eos_stops_each_row_where_transformers_would(ours, prompts, reference):
     row0 = reference[0][0]
     eos = int(next(t for k, t in enumerate(row0) if k >= 6 and t not in row0[:k]))
     stats = GenerateStats()
-    gens = _run(ours, prompts, chunk=4, stop=StopRule(eos_ids=(eos, VOCAB + 5)), stats=stats)
+    gens = _run(ours, prompts, stop=StopRule(eos_ids=(eos, VOCAB + 5)), stats=stats)
     for g, (toks, lps) in zip(gens, reference, strict=True):
         cut = _first(toks, eos)
         want = toks if cut is None else toks[: cut + 1]  # the EOS itself is part of the output
@@ -140,7 +141,7 @@ def test_fence_stop_after_the_needed_number_of_fences(ours, prompts, reference):
     fc, fs = fence_tables(texts)
     rule = StopRule(fence_count=fc, fence_state=fs)
     for needed in (1, 2):
-        gens = _run(ours, prompts[:2], stop=rule, fences_needed=[needed, needed], chunk=8)
+        gens = _run(ours, prompts[:2], stop=rule, fences_needed=[needed, needed])
         cut = _first(toks0, fence_tok, needed)
         np.testing.assert_array_equal(gens[1].token_ids, toks0[: cut + 1])
         assert gens[1].stop_reason == "fence"
@@ -163,10 +164,15 @@ def test_captures_equal_forward_at_the_producing_positions(ours, prompts):
     config, params = ours
     hooks = parse_hooks(["blocks.0.hook_resid_pre", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid",
                          "blocks.2.hook_mlp_out", "blocks.2.hook_resid_post"], config.n_layers)
-    gens = _run(ours, prompts[:3], hooks=hooks, max_new_tokens=20, chunk=8, batch_size=3)
-    for p, g in zip(prompts, gens, strict=False):
-        full = np.concatenate([p, g.token_ids])[None]
-        ref = qwen.forward(params, config, jnp.asarray(full), hooks=hooks)
+    gens = _run(ours, prompts[:4], hooks=hooks, max_new_tokens=20)
+    # The reference: one right-padded forward pass over prompt + generated tokens.
+    full = [np.concatenate([p, g.token_ids]) for p, g in zip(prompts, gens, strict=False)]
+    tokens = np.zeros((len(full), max(map(len, full))), np.int32)
+    for r, f in enumerate(full):
+        tokens[r, : len(f)] = f
+    lengths = jnp.asarray([len(f) for f in full], jnp.int32)
+    ref = qwen.forward_jit(params, config, jnp.asarray(tokens), lengths, hooks=hooks)
+    for r, g in enumerate(gens):
         for h in hooks:
             assert g.captures[h.name].shape == (len(g.token_ids), config.hidden_size)
-            np.testing.assert_allclose(g.captures[h.name], np.asarray(ref[h.name][0, g.positions]), atol=1e-4)
+            np.testing.assert_allclose(g.captures[h.name], np.asarray(ref[h.name][r, g.positions]), atol=1e-4)

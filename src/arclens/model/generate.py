@@ -194,8 +194,8 @@ def _step(params, config, hooks, max_new, eos, fence_count, fence_next, st: _Sta
     return new, tok, lp, live, caps
 
 
-@partial(jax.jit, static_argnames=("config", "hooks", "chunk", "max_new"), donate_argnums=(1,))
-def _decode_chunk(params, st: _State, eos, fence_count, fence_next, *, config, hooks, chunk, max_new):
+@partial(jax.jit, static_argnames=("config", "hooks", "chunk"), donate_argnums=(1,))
+def _decode_chunk(params, st: _State, eos, fence_count, fence_next, max_new, *, config, hooks, chunk):
     """Up to ``chunk`` steps in a while_loop that stops early once every row is done.
     Returns (state, tokens [B, chunk], logprobs [B, chunk], live [B, chunk], captures, steps)."""
     b = st.tokens.shape[0]
@@ -225,8 +225,8 @@ def _decode_chunk(params, st: _State, eos, fence_count, fence_next, *, config, h
     return st, out_tok, out_lp, out_live, out_caps, i
 
 
-@partial(jax.jit, static_argnames=("config", "hooks", "max_new"), donate_argnums=(1,))
-def _decode_one(params, st: _State, eos, fence_count, fence_next, *, config, hooks, max_new):
+@partial(jax.jit, static_argnames=("config", "hooks"), donate_argnums=(1,))
+def _decode_one(params, st: _State, eos, fence_count, fence_next, max_new, *, config, hooks):
     """A single step (the Python-loop variant, for comparison with the while_loop)."""
     return _step(params, config, hooks, max_new, eos, fence_count, fence_next, st)
 
@@ -359,6 +359,7 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
     stats.prefill_s += time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    max_new_arr = jnp.int32(max_new)  # traced, so another --max-new-tokens reuses the compiled step
     rows = np.arange(b)  # original row (or >= n for padding) held by each slot of the batch
     while True:
         done = np.asarray(st.done)
@@ -375,7 +376,7 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
             stats.compactions += 1
         if loop == "while":
             st, ct, clp, clive, ccaps, steps = _decode_chunk(
-                params, st, eos, fc, fn, config=config, hooks=hooks, chunk=chunk, max_new=max_new
+                params, st, eos, fc, fn, max_new_arr, config=config, hooks=hooks, chunk=chunk
             )
             steps = int(steps)
             ct, clp, clive = np.asarray(ct)[:, :steps], np.asarray(clp)[:, :steps], np.asarray(clive)[:, :steps]
@@ -383,7 +384,7 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
         else:
             cols = []
             for _ in range(chunk):
-                st, tk, l, lv, cp = _decode_one(params, st, eos, fc, fn, config=config, hooks=hooks, max_new=max_new)
+                st, tk, l, lv, cp = _decode_one(params, st, eos, fc, fn, max_new_arr, config=config, hooks=hooks)
                 cols.append((tk, l, lv, cp))
             steps = chunk
             ct = np.stack([np.asarray(c[0]) for c in cols], 1)
