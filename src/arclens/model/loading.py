@@ -193,8 +193,9 @@ def _check_tied_head(ckpt: Checkpoint, config: QwenConfig, chunk_rows: int = 819
             f"{emb.get_shape()}, and config.json says tie_word_embeddings=true"
         )
     for r in range(0, config.vocab_size, chunk_rows):
-        a = np.asarray(head[r:r + chunk_rows], np.float32)
-        b = np.asarray(emb[r:r + chunk_rows], np.float32)
+        end = min(r + chunk_rows, config.vocab_size)  # safetensors slices do not clamp
+        a = np.asarray(head[r:end], np.float32)
+        b = np.asarray(emb[r:end], np.float32)
         if not np.array_equal(a, b):
             raise UserError(
                 f"{ckpt.path}: config.json says tie_word_embeddings=true but lm_head.weight differs from "
