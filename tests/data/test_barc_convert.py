@@ -144,6 +144,9 @@ def test_max_samples_and_max_train_examples(tmp_path):
     ):
         with pytest.raises(UserError, match=f"{flag} must be at least 1"):
             convert_barc(src, str(tmp_path / "c"), **kwargs)
+    with pytest.raises(UserError, match="--split '../x': expected a split name"):
+        convert_barc(src, str(tmp_path / "c"), split="../x")
+    assert not (tmp_path / "c").exists()
 
 
 def test_no_valid_row_is_an_error_and_writes_nothing(tmp_path, capsys):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from arclens.data.validation import GridError, check_grid
 from arclens.errors import UserError
 
 LOCAL_SUFFIXES = (".jsonl", ".parquet", ".json")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 MIN_PAIRS = 2  # at least one train pair and the test pair
 
 
@@ -147,6 +149,8 @@ def convert_barc(
         raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     if max_train_examples is not None and max_train_examples < 1:
         raise UserError(f"--max-train-examples must be at least 1, got {max_train_examples}")
+    if not _SPLIT_NAME.fullmatch(split):  # it becomes part of the output file names
+        raise UserError(f"--split {split!r}: expected a split name such as train (letters, digits, _ . -)")
     if fmt not in ("json", "jsonl"):
         raise UserError(f"--format must be json or jsonl, got {fmt!r}")
     rows = iter_rows(dataset, split)
