@@ -1,0 +1,127 @@
+"""Reader guarantees: batches() once per epoch, duplicates, third-party readability."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from store_synth import D_MODEL, HOOKS, expected, keys, sample, write
+
+import arclens
+from arclens.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    dest = str(tmp_path_factory.mktemp("reader") / "store")
+    # float32 so that every token row is unique and exactly comparable
+    write(dest, keys(15), shard_bytes=2500, dtype="float32")
+    return dest
+
+
+def _all_rows(dest, hook):
+    rows = [arrays[hook] for _, arrays in arclens.open_store(dest).samples(hooks=[hook])]
+    return np.concatenate(rows)
+
+
+def _as_set(x):
+    return sorted(map(bytes, np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("batch_size,buffer_shards", [(64, 4), (7, 1), (1000, 2)])
+def test_batches_yield_every_token_once(store_dir, shuffle, batch_size, buffer_shards):
+    store = arclens.open_store(store_dir)
+    assert len(store.shards) > 4
+    batches = list(store.batches(HOOKS[0], batch_size=batch_size, shuffle=shuffle, seed=1,
+                                 buffer_shards=buffer_shards))
+    assert all(b.shape == (batch_size, D_MODEL) for b in batches[:-1])
+    assert 0 < batches[-1].shape[0] <= batch_size
+    got = np.concatenate(batches)
+    ref = _all_rows(store_dir, HOOKS[0])
+    assert got.shape[0] == store.n_tokens == ref.shape[0]
+    assert _as_set(got) == _as_set(ref), "the same multiset of token rows, each exactly once"
+    if not shuffle:
+        np.testing.assert_array_equal(got, ref)
+    else:
+        assert not np.array_equal(got, ref)
+
+
+def test_batches_deterministic_per_seed_and_drop_last(store_dir):
+    store = arclens.open_store(store_dir)
+    a = np.concatenate(list(store.batches(HOOKS[1], batch_size=50, seed=7)))
+    b = np.concatenate(list(store.batches(HOOKS[1], batch_size=50, seed=7)))
+    c = np.concatenate(list(store.batches(HOOKS[1], batch_size=50, seed=8)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    dropped = list(store.batches(HOOKS[1], batch_size=50, seed=7, drop_last=True))
+    assert all(x.shape[0] == 50 for x in dropped)
+    assert len(dropped) == store.n_tokens // 50
+    assert list(store.batches(HOOKS[1], batch_size=50, dtype=np.float16))[0].dtype == np.float16
+    with pytest.raises(UserError, match="no hook"):
+        next(store.batches("blocks.9.hook_resid_pre"))
+
+
+def test_batches_are_plain_writable_arrays(store_dir):
+    x = next(arclens.open_store(store_dir).batches(HOOKS[0], batch_size=8, shuffle=False))
+    assert type(x) is np.ndarray and x.flags.writeable and x.flags.c_contiguous
+
+
+def test_duplicate_keys_first_index_wins(tmp_path):
+    dest = str(tmp_path / "s")
+    write(dest, keys(3), writer="a")   # index/a-*.json: sorts first
+    # a second attempt committed two of the same keys, plus a new one
+    write(dest, keys(3)[:2] + ["extra/0/0"], writer="b")
+    store = arclens.open_store(dest)
+    seen = [m["key"] for m, _ in store.samples()]
+    assert sorted(seen) == sorted(keys(3) + ["extra/0/0"])
+    assert len(store.committed.duplicates) == 2
+    dup_shards = {d[1][0] for d in store.committed.duplicates}
+    assert dup_shards == {"a"}, "the first index file in name order owns the key"
+    n_expected = sum(sample(k)[1]["token_id"].shape[0] for k in keys(3) + ["extra/0/0"])
+    assert store.n_tokens == n_expected
+    assert sum(b.shape[0] for b in store.batches(HOOKS[0], batch_size=16)) == n_expected
+    for meta, arrays in store.samples():
+        np.testing.assert_array_equal(arrays["token_id"], expected(meta["key"], "token_id"))
+
+
+def test_third_party_read_with_safetensors_and_numpy_only(store_dir):
+    """What SPEC.md section 3 promises, read without arclens."""
+    from safetensors import safe_open
+
+    meta = json.load(open(os.path.join(store_dir, "metadata.json")))
+    seen = {}
+    for index_path in sorted(glob.glob(os.path.join(store_dir, "index", "*.json"))):
+        index = json.load(open(index_path))
+        shard = os.path.join(store_dir, index["shard"])
+        with safe_open(shard, framework="numpy") as f:
+            samples = json.loads(f.metadata()["samples"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        assert [s["key"] for s in samples] == index["samples"]
+        n = index["n_tokens"]
+        assert set(tensors) == set(meta["hooks"]) | {"sample", "position", "token_id", "grid", "row", "col"}
+        for h in meta["hooks"]:
+            assert tensors[h].shape == (n, meta["d_model"])
+        for row, s in enumerate(samples):
+            mask = tensors["sample"] == row
+            assert mask.sum() == s["stored_tokens"]
+            np.testing.assert_array_equal(tensors[HOOKS[0]][mask], expected(s["key"], HOOKS[0], np.float32))
+            np.testing.assert_array_equal(tensors["grid"][mask], expected(s["key"], "grid"))
+            seen.setdefault(s["key"], index_path)
+    assert sorted(seen) == sorted(keys(15))
+
+
+def test_bf16_shard_readable_with_safetensors_numpy(tmp_path):
+    from safetensors.numpy import load_file
+
+    dest = str(tmp_path / "bf")
+    write(dest, keys(1), shard_bytes=1 << 20)
+    (shard,) = glob.glob(os.path.join(dest, "shards", "*.safetensors"))
+    t = load_file(shard)
+    assert t[HOOKS[0]].dtype == ml_dtypes.bfloat16
+    n0 = sample(keys(1)[0])[1]["token_id"].shape[0]
+    np.testing.assert_array_equal(t[HOOKS[0]][:n0], expected(keys(1)[0], HOOKS[0]))
