@@ -101,6 +101,10 @@ def test_max_tasks_keeps_the_first_after_sorting(write_json):
     assert [t.task_id for t in load_tasks(path, max_tasks=2)] == ["a1", "b2"]
     with pytest.raises(UserError, match="--max-tasks must be at least 1"):
         load_tasks(path, max_tasks=0)
+    # only the tasks kept need solutions
+    solutions = write_json("s.json", {"a1": [make_task(1)["test"][0]["output"]]})
+    (task,) = load_tasks(path, solutions=solutions, max_tasks=1)
+    assert task.task_id == "a1" and task.test[0].output is not None
 
 
 def test_builtin_set_has_test_outputs():

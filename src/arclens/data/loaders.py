@@ -45,9 +45,11 @@ def load_tasks(src: str, solutions: str | None = None, max_tasks: int | None = N
     tasks = _unique_sorted(_read_source(src), src)
     if not tasks:
         raise UserError(f"{src}: holds no tasks")
-    if solutions is not None:
+    if max_tasks is not None:
+        tasks = tasks[:max_tasks]
+    if solutions is not None:  # after the cut: only the tasks kept need a solution
         tasks = apply_solutions(tasks, read_solutions(solutions), solutions)
-    return tasks[:max_tasks] if max_tasks is not None else tasks
+    return tasks
 
 
 def builtin_names() -> str:
