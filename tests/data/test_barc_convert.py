@@ -99,12 +99,13 @@ def test_convert_jsonl_counts_outputs_and_round_trip(tmp_path, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_parquet_through_datasets_same_result_as_jsonl(tmp_path):
+def test_parquet_and_dataset_folder_through_datasets_same_result_as_jsonl(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     pytest.importorskip("datasets")
-    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "barc.parquet")
-    report = convert_barc(str(tmp_path / "barc.parquet"), str(tmp_path / "pq"), fmt="jsonl")
+    (tmp_path / "repo").mkdir()  # a folder is read as a dataset repo, as from the hub
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "repo" / "barc.parquet")
+    report = convert_barc(str(tmp_path / "repo"), str(tmp_path / "pq"), fmt="jsonl")
     assert (report.rows_read, report.tasks_written) == (len(ROWS), N_TASKS)
     assert (report.skipped_malformed, report.skipped_too_few_pairs) == (N_MALFORMED, N_TOO_FEW)
     assert (report.skipped_duplicate, report.pairs_dropped_oversized) == (N_DUP, N_DROPPED)
@@ -113,6 +114,8 @@ def test_parquet_through_datasets_same_result_as_jsonl(tmp_path):
         tmp_path / "js/arc_format_train.jsonl"
     ).read_text()
     assert read(tmp_path / "pq/test_outputs_train.json") == read(tmp_path / "js/test_outputs_train.json")
+    single = convert_barc(str(tmp_path / "repo" / "barc.parquet"), str(tmp_path / "one"), fmt="jsonl")
+    assert single.tasks_written == N_TASKS
 
 
 def test_jsonl_output_format_loads(tmp_path):

@@ -207,9 +207,8 @@ class BadLine:
 
 
 def iter_rows(dataset: str, split: str) -> Iterator[tuple[str, object]]:
-    """Yield ``(where, row)`` for each row of a local file or a hub dataset, lazily.
-
-    For a local file ``split`` only names the outputs. Hub datasets are read with
+    """Yield ``(where, row)`` for each row of a local file, a local dataset folder or a hub
+    dataset, lazily. For a local file ``split`` only names the outputs. Hub datasets are read with
     ``datasets.load_dataset(..., streaming=True)``, so 200k rows never sit in memory.
     """
     path = Path(dataset)
@@ -222,6 +221,8 @@ def iter_rows(dataset: str, split: str) -> Iterator[tuple[str, object]]:
         if kind == ".json":
             return _json_rows(path, split)
         return stream_with_datasets("parquet", split="train", label=dataset, data_files=str(path))
+    if path.is_dir():  # a local copy of a hub dataset repo (git clone of hf.co/datasets/...)
+        return stream_with_datasets(str(path), split=split, label=dataset)
     if path.exists():
         raise UserError(
             f"--dataset {dataset}: expected a .jsonl, .parquet or .json file, or a hub dataset id"
