@@ -57,13 +57,15 @@ def attend_xla(q, k, v, q_positions, kv_lengths) -> jax.Array:
     return out.reshape(b, t, hq, hd).astype(q.dtype)
 
 
-def attend_cudnn(q, k, v, q_lengths, kv_lengths, *, causal: bool) -> jax.Array:
+def attend_cudnn(q, k, v, q_lengths, kv_lengths, *, causal: bool, implementation: str = "cudnn") -> jax.Array:
     """cuDNN fused attention (GPU, bf16/fp16, hd a multiple of 8 and <= 256).
 
     ``causal=True`` is cuDNN's top-left-aligned causal mask: right for a prefill where queries
     and keys are the same positions, WRONG for a decode step against a longer cache (use
     ``causal=False`` with ``kv_lengths = pos + 1`` for a single query there). Rows past
     ``q_lengths`` are zeroed, so padding never carries anything (e.g. a NaN) into later layers.
+    ``implementation="xla"`` runs JAX's reference of the very same call (how CPU tests check the
+    arguments' meaning).
     """
     out = jax.nn.dot_product_attention(
         q, k, v,
@@ -71,7 +73,7 @@ def attend_cudnn(q, k, v, q_lengths, kv_lengths, *, causal: bool) -> jax.Array:
         is_causal=causal,
         query_seq_lengths=q_lengths.astype(jnp.int32),
         key_value_seq_lengths=kv_lengths.astype(jnp.int32),
-        implementation="cudnn",
+        implementation=implementation,
     )
     real = jnp.arange(q.shape[1], dtype=jnp.int32)[None, :] < q_lengths[:, None]
     return jnp.where(real[:, :, None, None], out, jnp.zeros((), out.dtype))
