@@ -115,3 +115,14 @@ def test_failed_upload_commits_nothing_then_resume_completes(moto_server, monkey
         _assert_exactly(dest, opts, keys(4))
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_missing_bucket_is_a_user_error(kind, request):
+    from arclens.errors import UserError
+
+    remote = request.getfixturevalue(f"{kind}_remote")
+    dest = remote.url.replace("arclens-", "missing-")
+    with pytest.raises(UserError, match="cannot create the store"):
+        open_or_create_store(dest, store_metadata(), storage_options=remote.storage_options)
+    assert committed_keys(dest, remote.storage_options) == set()

@@ -134,3 +134,14 @@ def test_writer_without_store_needs_settings(tmp_path):
     with pytest.raises(UserError, match="not an activation store"):
         arclens.open_store(str(tmp_path / "none"))
     assert committed_keys(str(tmp_path / "none")) == set()
+
+
+def test_unwritable_dest_is_a_user_error(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for dest in (str(a_file), str(a_file / "sub")):
+        with pytest.raises(UserError, match="cannot create the store"):
+            open_or_create_store(dest, store_metadata())
+    with pytest.raises(UserError, match="hooks"):
+        open_or_create_store(str(tmp_path / "s"), store_metadata(hooks=[]))
+    assert not (tmp_path / "s" / "metadata.json").exists()

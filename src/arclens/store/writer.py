@@ -87,7 +87,7 @@ def open_or_create_store(dest: str, metadata: dict, storage_options: dict | None
     except OSError as err:
         if fsx.is_transient(err):
             raise
-        raise UserError(f"{dest}: cannot create the store ({err})") from None
+        raise UserError(f"{dest}: cannot create the store ({type(err).__name__}: {err})") from None
     existing = read_metadata(fs, root, dest)
     diffs = metadata_differences(existing, meta)
     if diffs:
