@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from prompts_arc_tasks import arc_task
 
 from arclens.prompts import PromptConfig, render_samples
-
-from prompts_arc_tasks import arc_task
 
 GOLDENS = Path(__file__).parent / "goldens"
 CASES = json.loads((GOLDENS / "prompts.json").read_text(encoding="utf-8"))["cases"]

@@ -39,6 +39,8 @@ class Skeleton:
 
     texts: tuple[str, ...]
     slots: tuple[int, ...]  # grid numbers (SPEC.md section 3), in order of appearance
+    n_train: int
+    with_answer: bool
 
 
 def grid_numbers(n_train: int) -> dict[str, int]:
@@ -57,14 +59,9 @@ def remove_assistant_ending(text: str, tokenizer_name: str = "tokenizer") -> str
     )
 
 
-def render_skeleton(tokenizer, version: PromptVersion, n_train: int, with_answer: bool) -> Skeleton:
-    numbers = grid_numbers(n_train)
-    train_samples = [{"input": placeholder(2 * i), "output": placeholder(2 * i + 1)} for i in range(n_train)]
-    user = version.user.render(train_samples=train_samples, test_input=placeholder(numbers["test_input"]))
-    if with_answer:
-        output = placeholder(numbers[f"test_{version.answer_grid}"])
-    else:
-        output = INFERENCE_ANSWER
+def _chat_text(tokenizer, version: PromptVersion, train_samples, test_input, output, with_answer) -> str:
+    """arc24's create_prompts_from_task for one test input, with the given grid texts."""
+    user = version.user.render(train_samples=train_samples, test_input=test_input)
     assistant = version.answer.render(output=output)
     messages = [
         {"role": "system", "content": version.system},
@@ -83,13 +80,47 @@ def render_skeleton(tokenizer, version: PromptVersion, n_train: int, with_answer
         KeyError,
     ) as err:  # the model's template, not our bug
         raise UserError(f"{name}: its chat template failed on arc24's messages: {err}") from None
-    if not with_answer:
-        text = remove_assistant_ending(text, name)
+    return text if with_answer else remove_assistant_ending(text, name)
+
+
+def render_skeleton(tokenizer, version: PromptVersion, n_train: int, with_answer: bool) -> Skeleton:
+    numbers = grid_numbers(n_train)
+    train_samples = [{"input": placeholder(2 * i), "output": placeholder(2 * i + 1)} for i in range(n_train)]
+    test_input = placeholder(numbers["test_input"])
+    output = placeholder(numbers[f"test_{version.answer_grid}"]) if with_answer else INFERENCE_ANSWER
+    text = _chat_text(tokenizer, version, train_samples, test_input, output, with_answer)
     pieces = _PLACEHOLDER.split(text)
     texts, slots = tuple(pieces[0::2]), tuple(int(p) for p in pieces[1::2])
-    expected = tuple(int(p) for p in _PLACEHOLDER.findall(user + assistant))
-    if slots != expected or any("\ue000" in t or "\ue001" in t for t in texts):
-        raise UserError(
-            f"{name}: its chat template changes message contents; arc24's prompts need them verbatim"
-        )
-    return Skeleton(texts, slots)
+    expected = version.user.render(
+        train_samples=train_samples, test_input=test_input
+    ) + version.answer.render(output=output)
+    if slots != tuple(int(p) for p in _PLACEHOLDER.findall(expected)) or any(
+        "\ue000" in t or "\ue001" in t for t in texts
+    ):
+        raise _changes_contents(tokenizer)
+    return Skeleton(texts, slots, n_train, with_answer)
+
+
+def check_against_direct_render(
+    tokenizer, version: PromptVersion, skeleton: Skeleton, grid_texts: dict, text: str
+):
+    """Render one prompt the way arc24 does, with the grid texts inside the messages, and compare
+    it with the skeleton's assembly `text`: catches templates that transform contents (`| upper`)."""
+    n = skeleton.n_train
+    train_samples = [
+        {"input": grid_texts.get(2 * i, ""), "output": grid_texts.get(2 * i + 1, "")} for i in range(n)
+    ]
+    test_input = grid_texts.get(2 * n, "")
+    if skeleton.with_answer:
+        output = grid_texts[grid_numbers(n)[f"test_{version.answer_grid}"]]
+    else:
+        output = INFERENCE_ANSWER
+    if _chat_text(tokenizer, version, train_samples, test_input, output, skeleton.with_answer) != text:
+        raise _changes_contents(tokenizer)
+
+
+def _changes_contents(tokenizer) -> UserError:
+    name = getattr(tokenizer, "name_or_path", None) or "tokenizer"
+    return UserError(
+        f"{name}: its chat template changes message contents; arc24's prompts need them verbatim"
+    )

@@ -111,7 +111,7 @@ class GridWithSeparationEncoder(GridEncoder):
         # chat-template marker and \ue000/\ue001 are our own placeholders (chat.py).
         if (
             any(c.isdigit() or c in "<\ue000\ue001" for c in split_symbol)
-            or len(split_symbol.splitlines()) > 1
+            or len(f"a{split_symbol}a".splitlines()) > 1
         ):
             raise ValueError(f"GridWithSeparationEncoder: unusable separator {split_symbol!r}")
         self.split_symbol = split_symbol

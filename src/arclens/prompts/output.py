@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from arclens.data.tasks import Grid
 from arclens.prompts.encoders import GridEncoder, GridParseError
 from arclens.prompts.expression import create_grid_encoder
@@ -84,7 +86,7 @@ def vote(predictions: Iterable[Prediction], n_attempts: int = 2) -> list[Grid]:
 
     def ranking(item):
         scores = item[1]
-        mean = math.fsum(scores) / len(scores)
+        mean = float(np.mean(scores))  # as arc24 (np.mean), so near-ties break the same way
         return (len(scores), -math.inf if math.isnan(mean) else mean)
 
     ranked = sorted(groups.items(), key=ranking, reverse=True)

@@ -16,7 +16,7 @@ import numpy as np
 from arclens.data.tasks import Task
 from arclens.errors import UserError
 from arclens.prompts.augmentation import Augmentation, plan_augmentations
-from arclens.prompts.chat import Skeleton, render_skeleton
+from arclens.prompts.chat import Skeleton, check_against_direct_render, render_skeleton
 from arclens.prompts.encoders import GridEncoder
 from arclens.prompts.expression import create_grid_encoder
 from arclens.prompts.roles import Cells, token_roles
@@ -159,8 +159,8 @@ def _augmented_grids(arrays: tuple, aug: Augmentation, slots: tuple[int, ...]) -
     return out
 
 
-def _assemble(skeleton: Skeleton, grids: dict, encoder: GridEncoder, task_id: str) -> tuple[str, Cells]:
-    pieces, cell_parts, offset = [], [], 0
+def _assemble(skeleton: Skeleton, grids: dict, encoder: GridEncoder, task_id: str) -> tuple[str, Cells, dict]:
+    pieces, cell_parts, grid_texts, offset = [], [], {}, 0
     for text, number in zip(skeleton.texts, skeleton.slots):
         pieces.append(text)
         offset += len(text)
@@ -171,10 +171,11 @@ def _assemble(skeleton: Skeleton, grids: dict, encoder: GridEncoder, task_id: st
             )
         grid_text, cells = _grid_cells(encoder, grid, number, offset)
         pieces.append(grid_text)
+        grid_texts[number] = grid_text
         cell_parts.append(cells)
         offset += len(grid_text)
     pieces.append(skeleton.texts[-1])
-    return "".join(pieces), Cells.concatenate(cell_parts)
+    return "".join(pieces), Cells.concatenate(cell_parts), grid_texts
 
 
 def _tokenize(tokenizer, pending: list[_Pending]) -> Iterator[Sample]:
@@ -202,7 +203,8 @@ def render_samples(
     pending: list[_Pending] = []
     for task in tasks:
         n = len(task.train)
-        if n not in skeletons:
+        checked = n in skeletons
+        if not checked:
             skeletons[n] = render_skeleton(tokenizer, version, n, config.with_answer)
         augmentations = plan_augmentations(
             task.task_id, n, config.predictions_per_task, config.seed, config.augment
@@ -211,7 +213,10 @@ def render_samples(
         for test_index, arrays in enumerate(_task_arrays(task)):
             for aug_index, aug in enumerate(augmentations):
                 grids = _augmented_grids(arrays, aug, skeleton.slots)
-                text, cells = _assemble(skeleton, grids, encoder, task.task_id)
+                text, cells, grid_texts = _assemble(skeleton, grids, encoder, task.task_id)
+                if not checked:  # once per skeleton: the assembly equals arc24's direct rendering
+                    check_against_direct_render(tokenizer, version, skeleton, grid_texts, text)
+                    checked = True
                 key = sample_key(task.task_id, test_index, aug_index)
                 pending.append(_Pending(key, task.task_id, test_index, aug_index, aug, text, cells))
                 if len(pending) >= batch_size:
