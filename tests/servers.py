@@ -123,7 +123,7 @@ class FakeGcs:
         if not os.access(binary, os.X_OK):
             os.chmod(binary, 0o755)
         # Output goes to a file, never a pipe: a full pipe blocks the server (NOTES.md).
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the server
         self._proc = subprocess.Popen(
             [str(binary), "-backend", "memory", "-host", "127.0.0.1", "-port", str(self.port),
              "-scheme", "http", "-log-level", "warn", "-public-host", f"127.0.0.1:{self.port}"],
@@ -184,8 +184,8 @@ class Fault:
 class FaultProxy:
     """Loopback HTTP proxy to ``upstream`` (http://127.0.0.1:PORT) with injectable faults."""
 
-    HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "expect",
-                   "proxy-connection", "te", "trailer", "upgrade"}
+    HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "expect",
+                   "proxy-connection", "te", "trailer", "upgrade"})
 
     def __init__(self, upstream: str):
         parsed = urllib.parse.urlparse(upstream)

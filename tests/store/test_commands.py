@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,9 +31,9 @@ def test_verify_ok(store, capsys):
 
 def test_verify_detects_corrupted_shard(store, capsys):
     shard = sorted(glob.glob(os.path.join(store, "shards", "*.safetensors")))[1]
-    data = bytearray(open(shard, "rb").read())
+    data = bytearray(Path(shard).read_bytes())
     data[-3] ^= 0xFF  # flip bits inside the last tensor: same size, other checksum
-    open(shard, "wb").write(bytes(data))
+    Path(shard).write_bytes(bytes(data))
     assert main(["verify", store]) == 1
     out = capsys.readouterr().out
     assert "PROBLEM" in out and "sha256" in out and os.path.basename(shard) in out
@@ -41,11 +42,11 @@ def test_verify_detects_corrupted_shard(store, capsys):
 
 def test_verify_detects_index_disagreement_and_missing_shard(store, capsys):
     index_files = sorted(glob.glob(os.path.join(store, "index", "*.json")))
-    doc = json.load(open(index_files[0]))
+    doc = json.loads(Path(index_files[0]).read_text())
     doc["n_tokens"] += 1
     doc["samples"] = doc["samples"][::-1] + ["ghost/0/0"]
-    open(index_files[0], "w").write(json.dumps(doc))
-    os.unlink(os.path.join(store, json.load(open(index_files[1]))["shard"]))
+    Path(index_files[0]).write_text(json.dumps(doc))
+    os.unlink(os.path.join(store, json.loads(Path(index_files[1]).read_text())["shard"]))
     assert main(["verify", store]) == 1
     out = capsys.readouterr().out
     assert "sample keys differ" in out and "index n_tokens" in out and "missing" in out
@@ -53,7 +54,7 @@ def test_verify_detects_index_disagreement_and_missing_shard(store, capsys):
 
 def test_verify_reports_duplicates_and_leftovers(store, capsys):
     write(store, keys(1), writer="x")
-    open(os.path.join(store, "shards", "w9-000000.safetensors"), "wb").write(b"crash leftover")
+    Path(store, "shards", "w9-000000.safetensors").write_bytes(b"crash leftover")
     assert main(["verify", store]) == 1
     out = capsys.readouterr().out
     assert "committed twice" in out and keys(1)[0] in out
@@ -87,7 +88,7 @@ def test_export_pickle_round_trip(store, tmp_path, capsys):
     out_dir = str(tmp_path / "legacy")
     assert main(["export-pickle", store, out_dir]) == 0
     assert "arbitrary code" in capsys.readouterr().err
-    meta = json.load(open(os.path.join(out_dir, "metadata.json")))
+    meta = json.loads(Path(out_dir, "metadata.json").read_text())
     assert meta["export"]["format"] == "arclens-pickle-export" and meta["hooks"] == HOOKS
     got = {}
     for path in sorted(glob.glob(os.path.join(out_dir, "shard_*.pkl.gz"))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -61,7 +62,7 @@ def test_batches_deterministic_per_seed_and_drop_last(store_dir):
     dropped = list(store.batches(HOOKS[1], batch_size=50, seed=7, drop_last=True))
     assert all(x.shape[0] == 50 for x in dropped)
     assert len(dropped) == store.n_tokens // 50
-    assert list(store.batches(HOOKS[1], batch_size=50, dtype=np.float16))[0].dtype == np.float16
+    assert next(store.batches(HOOKS[1], batch_size=50, dtype=np.float16)).dtype == np.float16
     with pytest.raises(UserError, match="no hook"):
         next(store.batches("blocks.9.hook_resid_pre"))
 
@@ -80,8 +81,8 @@ def test_duplicate_keys_first_index_wins(tmp_path):
     seen = [m["key"] for m, _ in store.samples()]
     assert sorted(seen) == sorted(keys(3) + ["extra/0/0"])
     assert len(store.committed.duplicates) == 2
-    dup_shards = {d[1][0] for d in store.committed.duplicates}
-    assert dup_shards == {"a"}, "the first index file in name order owns the key"
+    owners = {owner for _, owner, _ in store.committed.duplicates}
+    assert all(o.startswith("a-") for o in owners), "the first index file in name order owns the key"
     n_expected = sum(sample(k)[1]["token_id"].shape[0] for k in keys(3) + ["extra/0/0"])
     assert store.n_tokens == n_expected
     assert sum(b.shape[0] for b in store.batches(HOOKS[0], batch_size=16)) == n_expected
@@ -93,14 +94,14 @@ def test_third_party_read_with_safetensors_and_numpy_only(store_dir):
     """What SPEC.md section 3 promises, read without arclens."""
     from safetensors import safe_open
 
-    meta = json.load(open(os.path.join(store_dir, "metadata.json")))
+    meta = json.loads(Path(store_dir, "metadata.json").read_text())
     seen = {}
     for index_path in sorted(glob.glob(os.path.join(store_dir, "index", "*.json"))):
-        index = json.load(open(index_path))
+        index = json.loads(Path(index_path).read_text())
         shard = os.path.join(store_dir, index["shard"])
         with safe_open(shard, framework="numpy") as f:
             samples = json.loads(f.metadata()["samples"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         assert [s["key"] for s in samples] == index["samples"]
         n = index["n_tokens"]
         assert set(tensors) == set(meta["hooks"]) | {"sample", "position", "token_id", "grid", "row", "col"}

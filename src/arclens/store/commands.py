@@ -85,7 +85,7 @@ def inspect(args) -> int:
         t.add_column("")
         peak = max(1, int(counts.max()))
         for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
-            t.add_row(f"{lo:.4g}", f"{hi:.4g}", str(int(c)), "#" * int(round(40 * c / peak)))
+            t.add_row(f"{lo:.4g}", f"{hi:.4g}", str(int(c)), "#" * round(40 * int(c) / peak))
         con.print(t)
     return 0
 
@@ -135,4 +135,4 @@ def export_pickle(args) -> int:
     return 0
 
 
-__all__ = ["inspect", "verify", "export_pickle", "UserError"]
+__all__ = ["UserError", "export_pickle", "inspect", "verify"]

@@ -278,7 +278,7 @@ def parse_header(prefix: bytes, total_size: int | None = None) -> ShardHeader:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"header is not JSON ({err})") from None
     if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
+        raise ValueError("header is not a JSON object")  # noqa: TRY004 - bad data, not a bad call
     meta = header.pop("__metadata__", None) or {}
     tensors = {}
     data_start = 8 + n

@@ -66,10 +66,9 @@ def storage_options_for(url: str, extra: dict | None = None) -> dict:
             raise UserError(f"{STORAGE_OPTIONS_ENV}: expected a JSON object")
         opts.update(env_opts)
     opts.update(extra or {})
-    if url.startswith(("gs://", "gcs://")):
-        # An emulator takes no credentials; without this gcsfs probes a metadata server first.
-        if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
-            opts["token"] = "anon"
+    # An emulator takes no credentials; without this gcsfs probes a metadata server first.
+    if url.startswith(("gs://", "gcs://")) and os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
+        opts["token"] = "anon"
     return opts
 
 
@@ -133,7 +132,7 @@ def with_retries(what: str, call: Callable[[int], T], attempts: int = RETRY_ATTE
     for attempt in range(attempts):
         try:
             return call(attempt)
-        except Exception as err:  # noqa: BLE001 - classified just below
+        except Exception as err:
             if attempt + 1 >= attempts or not is_transient(err):
                 raise
             delay = min(RETRY_MAX_S, RETRY_BASE_S * 2**attempt) * (0.5 + random.random())
@@ -273,7 +272,7 @@ def _silent_unlink(path: str) -> None:
 def _invalidate(fs, path: str) -> None:
     try:
         fs.invalidate_cache(path)
-    except Exception:  # noqa: BLE001 - a cache miss is harmless
+    except Exception:  # noqa: BLE001, S110 - a failed cache invalidation only costs a re-list
         pass
 
 

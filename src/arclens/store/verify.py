@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arclens.store import fs as fsx
-from arclens.store.format import COLUMNS, SHARD_SUFFIX, SHARDS_DIR, activation_dtype, parse_header
+from arclens.store.format import COLUMNS, SHARD_SUFFIX, SHARDS_DIR, activation_dtype
 from arclens.store.index import IndexEntry, read_committed, read_metadata
 
 REQUIRED_SAMPLE_FIELDS = ("key", "task_id", "test_index", "augmentation", "prompt_tokens", "stored_tokens")
@@ -104,7 +104,7 @@ def check_shard(fs, root: str, entry: IndexEntry, meta: dict) -> list[str]:
     try:
         table = json.loads(header.metadata["samples"])
         if not isinstance(table, list):
-            raise ValueError("not a list")
+            raise ValueError("not a list")  # noqa: TRY004 - caught just below
     except (KeyError, ValueError) as err:
         return problems + [f"{where}: no readable `samples` table in the metadata ({err})"]
     problems += _check_table(where, table, entry)

@@ -310,7 +310,7 @@ class StoreWriter:
     def close(self) -> Commit | None:
         return self.flush()
 
-    def __enter__(self) -> StoreWriter:
+    def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
