@@ -1,7 +1,8 @@
 """Test hook: make the process SIGKILL itself at a named point, to test resume after `kill -9`.
 
-``ARCLENS_TEST_CRASH_AT="NAME[:N]"`` kills the process the N-th time (default 1st) it reaches the
-point called NAME. Unset (always, outside tests), ``crash_point`` is one dictionary lookup.
+``ARCLENS_TEST_CRASH_AT="NAME[:N][=SIG]"`` sends signal SIG (default KILL; e.g. ``=TERM`` to test
+the graceful stop at a known point) to the process itself the N-th time (default 1st) it reaches
+the point called NAME. Unset (always, outside tests), ``crash_point`` is one environment lookup.
 
 Points in the extract pipeline:
 
@@ -23,12 +24,13 @@ _counts: dict[str, int] = {}
 _lock = threading.Lock()
 
 
-def _target() -> tuple[str, int] | None:
+def _target() -> tuple[str, int, signal.Signals] | None:
     spec = os.environ.get(ENV)
     if not spec:
         return None
+    spec, _, sig = spec.partition("=")
     name, _, nth = spec.partition(":")
-    return name.strip(), int(nth or 1)
+    return name.strip(), int(nth or 1), signal.Signals[f"SIG{sig.strip().upper() or 'KILL'}"]
 
 
 def crash_point(name: str) -> None:
@@ -39,4 +41,4 @@ def crash_point(name: str) -> None:
         _counts[name] = _counts.get(name, 0) + 1
         hit = _counts[name] == target[1]
     if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), target[2])
