@@ -253,6 +253,7 @@ class WorkerClaims:
         self._seen: dict[str, tuple[tuple, float]] = {}  # unit -> (signature, first seen, monotonic)
         self._ttl_of: dict[tuple[str, int], float] = {}
         self.current: Lease | None = None
+        self.gave_up = False  # next_unit returned None because of idle_timeout_s
 
     # -- observing ------------------------------------------------------------------------------
 
@@ -315,8 +316,16 @@ class WorkerClaims:
                     self.current = lease
                     return lease
             if self.idle_timeout_s is not None and now - idle_since > self.idle_timeout_s:
-                raise TimeoutError(f"worker {self.worker}: no unit became free in {self.idle_timeout_s:.0f}s")
-            self._sleep(self.poll_s)
+                # Opt-in (ARCLENS_WORKER_IDLE_EXIT_S): leave the remaining units to the workers that
+                # hold them, and to whoever runs next if those die. Never the default.
+                log.warning("worker %s: nothing to claim for %.0fs; leaving %d unit(s) held by others: %s",
+                            self.worker, self.idle_timeout_s, len(todo), ", ".join(todo[:5]))
+                self.gave_up = True
+                return None
+            wait = self.poll_s
+            if self.idle_timeout_s is not None:
+                wait = min(wait, max(0.05, idle_since + self.idle_timeout_s - now))
+            self._sleep(wait)
         return None
 
     def _sleep(self, seconds: float) -> None:
@@ -391,6 +400,10 @@ DEFAULT_TASKS_PER_UNIT = 16
 ENV_TASKS_PER_UNIT = "ARCLENS_TASKS_PER_UNIT"
 ENV_CLAIM_TTL = "ARCLENS_CLAIM_TTL_S"
 ENV_NUM_WORKERS = "ARCLENS_NUM_WORKERS"
+# Seconds a worker waits with nothing to claim (every unit left is held by a live-looking worker)
+# before it exits anyway. Unset: wait until every unit is done, so that a live worker always
+# remains to take over a unit whose holder dies.
+ENV_IDLE_EXIT = "ARCLENS_WORKER_IDLE_EXIT_S"
 
 
 def task_units(task_ids: Sequence[str], tasks_per_unit: int = DEFAULT_TASKS_PER_UNIT) -> dict[str, list[str]]:
@@ -460,6 +473,7 @@ class WorkSummary:
     done_here: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     stopped: bool = False
+    gave_up: bool = False  # left units held by others (ARCLENS_WORKER_IDLE_EXIT_S)
 
 
 def run_with_workers(
@@ -488,6 +502,8 @@ def run_with_workers(
     processes report it complete.
     """
     ttl = ttl_s if ttl_s is not None else _env_number(ENV_CLAIM_TTL, float, DEFAULT_TTL_S)
+    if idle_timeout_s is None:
+        idle_timeout_s = _env_number(ENV_IDLE_EXIT, float, None)
     stop = stop or (lambda: False)
     multi = runtime is not None and runtime.num_processes > 1
     leader = runtime is None or runtime.process_id == 0
@@ -503,22 +519,27 @@ def run_with_workers(
             index = _broadcast_int(index)
         if index < 0:
             summary.stopped = bool(stop()) if not multi else _any_process(stop())
+            summary.gave_up = bool(claims is not None and claims.gave_up)
             return summary
         unit = ids[index]
-        complete = False
         try:
             complete = bool(extract_unit(unit, units[unit], lease if leader else _FollowerLease(unit)))
-        finally:
-            if multi:
-                complete = _all_processes(complete)
+        except BaseException:
             if leader:
-                if claims.finish(lease, complete):
-                    summary.done_here.append(unit)
-                elif not complete:
-                    summary.released.append(unit)
-        if not complete:
+                claims.finish(lease, complete=False)  # others may take it at once
+            raise
+        if multi:
+            complete = _all_processes(complete)
+        if leader:
+            if claims.finish(lease, complete):
+                summary.done_here.append(unit)
+            elif not complete:
+                summary.released.append(unit)
+        if not complete and (_any_process(stop()) if multi else stop()):
             summary.stopped = True
             return summary
+        # Not complete without a stop request: the lease was lost (this worker stalled longer than
+        # half a ttl). Someone else holds that unit now; look for other work.
     raise AssertionError("unreachable")
 
 
