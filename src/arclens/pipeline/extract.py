@@ -118,9 +118,9 @@ def validate(args, runtime) -> ExtractSettings:
         raise UserError(f"--shard-mb: expected a positive size in MB, got {args.shard_mb}")
     if args.tokens_per_batch is not None and args.tokens_per_batch < 1:
         raise UserError(f"--tokens-per-batch: expected a positive number, got {args.tokens_per_batch}")
-    if getattr(args, "num_workers", None) or getattr(args, "worker_id", None) is not None:
-        raise UserError("--worker-id/--num-workers: independent workers are not supported by extract yet; "
-                        "run one command per store, or a multi-process run (--coordinator)")
+    from arclens.distributed.workers import worker_slot
+
+    worker_slot(args)  # --worker-id/--num-workers/TPU_WORKER_ID: refuse bad combinations up front
     model_path = resolve_model(args.model)
     config = QwenConfig.from_pretrained(model_path)
     hooks = select_hooks(args, config.n_layers)
@@ -180,7 +180,14 @@ def main(args) -> int:
     t0 = time.perf_counter()
     runtime = initialize(args)
     settings = validate(args, runtime)
-    summary = extract(settings, runtime)
+    from arclens.distributed.workers import is_worker_run
+
+    if is_worker_run(args):  # independent preemptible workers sharing the store (distributed/workers.py)
+        from arclens.distributed.extract_workers import extract_as_worker
+
+        summary = extract_as_worker(settings, runtime, args)
+    else:
+        summary = extract(settings, runtime)
     summary.wall_s = time.perf_counter() - t0
     if runtime.is_leader or runtime.multi_process:
         for line in summary.lines():
