@@ -10,6 +10,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from store_synth import D_MODEL, HOOKS, expected, keys, sample, write
 
 import arclens
@@ -126,3 +128,42 @@ def test_bf16_shard_readable_with_safetensors_numpy(tmp_path):
     assert t[HOOKS[0]].dtype == ml_dtypes.bfloat16
     n0 = sample(keys(1)[0])[1]["token_id"].shape[0]
     np.testing.assert_array_equal(t[HOOKS[0]][:n0], expected(keys(1)[0], HOOKS[0]))
+
+
+def _tiny_store(root, sizes, shard_bytes):
+    """A float32 store whose token rows encode (sample, position) so that equality is exact."""
+    from arclens.store.writer import StoreWriter, open_or_create_store
+
+    hook = "blocks.0.hook_resid_pre"
+    open_or_create_store(root, {"hooks": [hook], "dtype": "float32", "d_model": 2})
+    with StoreWriter(root, "p", shard_bytes=shard_bytes) as w:
+        for i, n in enumerate(sizes):
+            x = np.stack([np.full(n, i, np.float32), np.arange(n, dtype=np.float32)], axis=1)
+            z = np.zeros(n, np.int16)
+            w.add({"key": f"s{i}/0/0", "task_id": f"s{i}", "test_index": 0, "augmentation": {}, "prompt_tokens": n},
+                  {hook: x, "position": np.arange(n, dtype=np.int32), "token_id": np.zeros(n, np.int32),
+                   "grid": z, "row": z, "col": z})
+    return hook
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=25), shard_bytes=st.integers(1, 400),
+       batch_size=st.integers(1, 70), buffer_shards=st.integers(1, 5), shuffle=st.booleans(),
+       seed=st.integers(0, 3), drop_last=st.booleans())
+def test_batches_property(tmp_path_factory, sizes, shard_bytes, batch_size, buffer_shards, shuffle, seed, drop_last):
+    root = str(tmp_path_factory.mktemp("prop") / "s")
+    hook = _tiny_store(root, sizes, shard_bytes)
+    store = arclens.open_store(root)
+    total = sum(sizes)
+    assert store.n_tokens == total
+    batches = list(store.batches(hook, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                 buffer_shards=buffer_shards, drop_last=drop_last))
+    assert all(b.shape == (batch_size, 2) for b in batches[: len(batches) - 1])
+    got = np.concatenate(batches) if batches else np.zeros((0, 2), np.float32)
+    want = {(i, p) for i, n in enumerate(sizes) for p in range(n)}
+    rows = [tuple(map(int, r)) for r in got]
+    assert len(rows) == len(set(rows)), "no token twice"
+    if drop_last:
+        assert len(rows) == (total // batch_size) * batch_size and set(rows) <= want
+    else:
+        assert set(rows) == want, "every token once"

@@ -126,3 +126,36 @@ def test_missing_bucket_is_a_user_error(kind, request):
     with pytest.raises(UserError, match="cannot create the store"):
         open_or_create_store(dest, store_metadata(), storage_options=remote.storage_options)
     assert committed_keys(dest, remote.storage_options) == set()
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_large_shard_goes_through_multipart_upload(kind, request, monkeypatch):
+    """A shard uploaded in parts (S3 multipart, GCS resumable) is still published whole."""
+    monkeypatch.setattr(fsx, "UPLOAD_CHUNK_BYTES", 8 << 20)
+    remote = request.getfixturevalue(f"{kind}_remote")
+    dest, opts = remote.child("large"), remote.storage_options
+    hook, d, n = "blocks.0.hook_resid_post", 1024, 1024
+    open_or_create_store(dest, store_metadata(hooks=[hook], d_model=d, dtype="float32"), storage_options=opts)
+    rng = np.random.default_rng(0)
+    cols = {"position": np.arange(n, dtype=np.int32), "token_id": np.arange(n, dtype=np.int32),
+            "grid": np.full(n, -1, np.int16), "row": np.full(n, -1, np.int16), "col": np.full(n, -1, np.int16)}
+    first = rng.standard_normal((n, d)).astype(np.float32)
+    with StoreWriter(dest, "big", shard_bytes=1 << 30, storage_options=opts) as w:
+        for i in range(6):
+            x = first if i == 0 else np.full((n, d), i, np.float32)
+            w.add({"key": f"t{i}/0/0", "task_id": f"t{i}", "test_index": 0, "augmentation": {},
+                   "prompt_tokens": n}, {hook: x, **cols})
+    (commit,) = w.commits
+    assert commit.bytes > 24 << 20
+    if kind == "s3":
+        fs, root = fsx.get_fs(dest, opts)
+        etag = fs.info(fsx.join(root, commit.shard))["ETag"]
+        assert "-" in etag, f"not a multipart upload: ETag {etag}"
+    from arclens.store.verify import verify_store
+
+    report = verify_store(dest, opts)
+    assert report.ok, report.problems
+    store = arclens.open_store(dest, storage_options=opts)
+    meta, arrays = next(store.samples())
+    assert meta["key"] == "t0/0/0"
+    np.testing.assert_array_equal(arrays[hook], first)

@@ -37,6 +37,10 @@ T = TypeVar("T")
 # so the CLI runs unchanged against loopback emulators.
 STORAGE_OPTIONS_ENV = "ARCLENS_STORAGE_OPTIONS"
 
+# Part size of multipart (S3) / resumable (GCS) uploads of spooled shards; None: the library's
+# default (50 MiB parts; s3fs then uses one PUT below 100 MiB, gcsfs one request below 5 MiB).
+UPLOAD_CHUNK_BYTES: int | None = None
+
 RETRY_ATTEMPTS = 6
 RETRY_BASE_S = 0.2
 RETRY_MAX_S = 10.0
@@ -253,7 +257,8 @@ def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | N
     def attempt(_i: int) -> None:
         try:
             if local_file is not None:
-                fs.put_file(local_file, path)
+                chunk = {"chunksize": UPLOAD_CHUNK_BYTES} if UPLOAD_CHUNK_BYTES and _is_cloud(fs) else {}
+                fs.put_file(local_file, path, **chunk)
             else:
                 fs.pipe_file(path, data)
         finally:
@@ -299,8 +304,11 @@ def list_names(fs, folder: str) -> list[str]:
     return sorted(with_retries(f"list {folder}", attempt))
 
 
-def _accepts_refresh(fs) -> bool:
+def _is_cloud(fs) -> bool:
     return any(p in ("gs", "gcs", "s3", "s3a") for p in _protocols(fs))
+
+
+_accepts_refresh = _is_cloud
 
 
 def exists(fs, path: str) -> bool:

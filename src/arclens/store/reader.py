@@ -87,7 +87,7 @@ class ShardView:
 
     entry: IndexEntry
     file: ShardFile
-    owned_rows: tuple[int, ...] | None  # None: every row (the usual case, no duplicates)
+    owned_rows: frozenset[int] | None  # None: every row (the usual case, no duplicates)
 
     def sample_table(self) -> list[dict]:
         return self.file.header.samples
@@ -132,7 +132,7 @@ class Store:
         for entry in self.committed.entries:
             owned = None
             if any(not self.committed.owns(entry, k) for k in entry.samples):
-                owned = tuple(r for r, k in enumerate(entry.samples) if self.committed.owns(entry, k))
+                owned = frozenset(r for r, k in enumerate(entry.samples) if self.committed.owns(entry, k))
             file = ShardFile(self.fs, fsx.join(self.root, entry.shard))
             self.shards.append(ShardView(entry, file, owned))
 

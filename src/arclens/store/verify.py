@@ -69,7 +69,7 @@ def _visible_tokens(committed, fs, root) -> int:
         if all(committed.owns(entry, k) for k in entry.samples):
             total += entry.n_tokens
             continue
-        owned = tuple(r for r, k in enumerate(entry.samples) if committed.owns(entry, k))
+        owned = frozenset(r for r, k in enumerate(entry.samples) if committed.owns(entry, k))
         try:
             total += ShardView(entry, ShardFile(fs, fsx.join(root, entry.shard)), owned).n_tokens
         except (OSError, ValueError, KeyError):
