@@ -145,3 +145,49 @@ def test_unwritable_dest_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="hooks"):
         open_or_create_store(str(tmp_path / "s"), store_metadata(hooks=[]))
     assert not (tmp_path / "s" / "metadata.json").exists()
+
+
+def test_same_writer_name_twice_never_overwrites_a_commit(tmp_path):
+    """Two processes mistakenly sharing a writer name: the second one skips taken seqs instead of
+    overwriting the first one's committed shard."""
+    dest = str(tmp_path / "s")
+    open_or_create_store(dest, store_metadata())
+    a = StoreWriter(dest, "same", shard_bytes=1 << 20)
+    b = StoreWriter(dest, "same", shard_bytes=1 << 20)  # listed the same (empty) store
+    a.add(*sample("a/0/0"))
+    b.add(*sample("b/0/0"))
+    ca, cb = a.flush(), b.flush()
+    assert ca.shard != cb.shard
+    _check_store(dest, ["a/0/0", "b/0/0"])
+
+
+def test_concurrent_writers_threads(tmp_path):
+    import threading
+
+    dest = str(tmp_path / "s")
+    open_or_create_store(dest, store_metadata())
+    all_keys = keys(10)
+
+    def run(name, part):
+        with StoreWriter(dest, name, shard_bytes=2000) as w:
+            for k in part:
+                w.add(*sample(k))
+
+    threads = [threading.Thread(target=run, args=(f"w{i}", all_keys[i::3])) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _check_store(dest, all_keys)
+
+
+def test_empty_store_reads_and_commands(tmp_path, capsys):
+    from arclens.cli import main
+
+    dest = str(tmp_path / "s")
+    open_or_create_store(dest, store_metadata())
+    store = arclens.open_store(dest)
+    assert store.n_tokens == 0 and list(store.samples()) == [] and list(store.batches(HOOKS[0])) == []
+    assert main(["verify", dest]) == 0
+    assert main(["inspect", dest]) == 0
+    assert "0 per hook" in capsys.readouterr().out
