@@ -14,16 +14,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from arclens.model import qwen  # noqa: E402
-from arclens.model.config import QwenConfig  # noqa: E402
-from arclens.model.generate import (  # noqa: E402
+from arclens.model import qwen
+from arclens.model.config import QwenConfig
+from arclens.model.generate import (
     GenerateStats,
     StopRule,
     fence_tables,
     generate,
 )
-from arclens.model.hooks import parse_hooks  # noqa: E402
-from arclens.model.loading import load_params  # noqa: E402
+from arclens.model.hooks import parse_hooks
+from arclens.model.loading import load_params
 
 NEW = 72  # >= 64 new tokens compared token for token
 LENGTHS = (5, 37, 13, 22, 9)  # different lengths; batch 4 leaves a padded second batch

@@ -339,15 +339,11 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
     stats.batches += 1
 
     t0 = time.perf_counter()
-    caches, logits, pre_caps = _prefill_jit(params, jnp.asarray(tokens), jnp.asarray(lengths), config=config,
-                                            hooks=hooks, cache_len=cache_len)
-    fence0 = jnp.zeros(b, jnp.int32)
-    left0 = jnp.asarray(np.pad(needed, (0, b - n), constant_values=2))
-    tok, lp, fs, fl, n_gen, stop = _choose(logits, fence0, left0, jnp.zeros(b, jnp.int32), eos, fc, fn, max_new)
+    left0 = np.pad(needed, (0, b - n), constant_values=2).astype(np.int32)
     padding = np.arange(b) >= n
-    st = _State(
-        caches=caches, tokens=tok, pos=jnp.asarray(lengths), n_gen=n_gen,
-        done=(stop > 0) | jnp.asarray(padding), fence_state=fs, fences_left=fl, stop=stop,
+    st, tok, lp, pre_caps = _start(
+        params, jnp.asarray(tokens), jnp.asarray(lengths), eos, fc, fn, jnp.asarray(left0), jnp.int32(max_new),
+        jnp.asarray(padding), config=config, hooks=hooks, cache_len=cache_len,
     )
     # Host-side record per original row: lists of tokens / logprobs / captures.
     out_tok = [[int(x)] for x in np.asarray(tok)[:n]]
@@ -417,5 +413,13 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
 
 
 @partial(jax.jit, static_argnames=("config", "hooks", "cache_len"))
-def _prefill_jit(params, tokens, lengths, *, config, hooks, cache_len):
-    return _prefill(params, config, tokens, lengths, hooks, cache_len)
+def _start(params, tokens, lengths, eos, fc, fn, fences_left, max_new, padding, *, config, hooks, cache_len):
+    """Prefill and the first token, in one compiled call: the decode state, first tokens,
+    their log-probabilities and the captures at each prompt's last position."""
+    caches, logits, caps = _prefill(params, config, tokens, lengths, hooks, cache_len)
+    b = tokens.shape[0]
+    zero = jnp.zeros(b, jnp.int32)
+    tok, lp, fs, fl, n_gen, stop = _choose(logits, zero, fences_left, zero, eos, fc, fn, max_new)
+    st = _State(caches=caches, tokens=tok, pos=lengths, n_gen=n_gen, done=(stop > 0) | padding,
+                fence_state=fs, fences_left=fl, stop=stop)
+    return st, tok, lp, caps

@@ -1,0 +1,455 @@
+"""`arclens infer`: greedy generation -> parse -> revert -> vote -> submission.json.
+
+Files in ``--out DIR`` (docs/INFERENCE.md):
+
+- ``infer.json``: the settings of the run (model, dtype, prompt options, max_new_tokens, hooks).
+  A re-run into the same DIR with other settings is refused; with the same ones it resumes.
+- ``predictions.jsonl``: one line per sample (SPEC.md section 2), appended a window of whole
+  tasks at a time and fsynced, so the file only ever grows by complete tasks. On resume a task
+  whose every sample key is in the file is skipped; lines of an incomplete task (a torn write)
+  are dropped by rewriting the file, and a torn last line is ignored.
+- ``submission.json``: Kaggle ARC Prize format, rewritten atomically (temp file + os.replace) at
+  the end from every line of predictions.jsonl, for every task of ``--tasks``.
+- ``activations/`` (with ``--hooks``): an activation store (SPEC.md section 3) of the hooks at
+  every generated token; committed before the window's predictions are appended, and resumed by
+  its committed keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from arclens.data.tasks import Grid, Task, as_grid, grid_to_json
+from arclens.errors import UserError
+
+PREDICTIONS = "predictions.jsonl"
+SUBMISSION = "submission.json"
+SETTINGS = "infer.json"
+ACTIVATIONS = "activations"
+DEFAULT_BATCH_SIZE = 16
+WINDOW_BATCHES = 4  # a window (the unit of writing and of resume) holds about this many batches
+# ARC Prize convention for a test input without a prediction: a valid 1x1 grid (Kaggle's scorer
+# wants two grids); with one prediction, attempt_2 repeats it.
+EMPTY_ATTEMPT: Grid = ((0,),)
+MAX_SIDE = 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Voting and the submission (pure functions over prediction records; no model needed)
+
+
+def _record_grid(value) -> Grid | None:
+    return None if value is None else as_grid(value)
+
+
+def task_attempts(task: Task, records: Iterable[dict]) -> list[dict]:
+    """One ``{"attempt_1": G, "attempt_2": G}`` per test input of ``task``, in order, voted from
+    the prediction records of that task (their ``reverted_grid`` and ``logprobs``)."""
+    from arclens.prompts import Prediction, vote
+
+    by_test: dict[int, list] = {i: [] for i in range(len(task.test))}
+    for r in records:
+        if r["test_index"] in by_test:
+            by_test[r["test_index"]].append(Prediction(grid=_record_grid(r["reverted_grid"]), logprobs=r["logprobs"]))
+    out = []
+    for i in range(len(task.test)):
+        grids = vote(by_test[i], n_attempts=2)
+        if not grids:
+            grids = [EMPTY_ATTEMPT]
+        if len(grids) == 1:
+            grids = [grids[0], grids[0]]
+        out.append({"attempt_1": grid_to_json(grids[0]), "attempt_2": grid_to_json(grids[1])})
+    return out
+
+
+def build_submission(tasks: Sequence[Task], records: Iterable[dict]) -> dict[str, list[dict]]:
+    by_task: dict[str, list[dict]] = {}
+    for r in records:
+        by_task.setdefault(r["task_id"], []).append(r)
+    return {t.task_id: task_attempts(t, by_task.get(t.task_id, [])) for t in tasks}
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions.jsonl and resume
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Every complete line; a torn last line (a crash mid-write) is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # only the last line may be torn
+                break
+            raise UserError(f"{path}: line {i + 1} is not JSON; this is not a predictions file of arclens infer")
+    return records
+
+
+def completed_tasks(records: Sequence[dict], expected: dict[str, set[str]]) -> set[str]:
+    """Tasks every one of whose expected sample keys has a record."""
+    have: dict[str, set[str]] = {}
+    for r in records:
+        have.setdefault(r["task_id"], set()).add(r["key"])
+    return {t for t, keys in expected.items() if keys and keys <= have.get(t, set())}
+
+
+def append_lines(path: Path, records: Sequence[dict]) -> None:
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    with open(path, "a") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rewrite_lines(path: Path, records: Sequence[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Create ``infer.json``, or refuse a resume whose settings differ."""
+    path = out / SETTINGS
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e}); remove it or use another --out") from None
+        diffs = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diffs:
+            details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diffs[:4])
+            raise UserError(f"--out {out} holds a run with other settings ({details}); use another --out")
+        return
+    atomic_write_json(path, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class InferSettings:
+    model: str
+    model_path: Path
+    config: object  # QwenConfig
+    dtype: str
+    prompt: object  # PromptConfig
+    tasks: list[Task]
+    tasks_source: str
+    out: Path
+    max_new_tokens: int
+    batch_size: int
+    hooks: tuple = ()
+    loop: str = "while"
+    chunk: int = 32
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "model_config": self.config.to_json(),
+            "dtype": self.dtype,
+            "prompt": self.prompt.to_json(),
+            "max_new_tokens": self.max_new_tokens,
+            "hooks": [h.name for h in self.hooks],
+        }
+
+
+@dataclass
+class InferSummary:
+    tasks: int = 0
+    skipped_tasks: int = 0
+    samples: int = 0
+    new_tokens: int = 0
+    parsed: int = 0
+    stop_reasons: dict = field(default_factory=dict)
+    generate_s: float = 0.0
+    wall_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        rate = self.new_tokens / self.generate_s if self.generate_s else 0.0
+        return [
+            f"tasks: {self.tasks} ({self.skipped_tasks} already predicted, skipped)",
+            f"samples generated: {self.samples}, parsed into a grid: {self.parsed}, stops: {self.stop_reasons}",
+            f"new tokens: {self.new_tokens} in {self.generate_s:.1f} s ({rate:.1f} tokens/s); wall {self.wall_s:.1f} s",
+        ]
+
+
+def _answer_budget(tokenizer, encoder) -> int:
+    """Tokens for the largest ARC answer (30x30) in this encoder, after the prompt's ```grid,
+    plus a little room for the stop token."""
+    grid = tuple(tuple((r * 7 + c * 3) % 10 for c in range(MAX_SIDE)) for r in range(MAX_SIDE))
+    text = encoder.to_text(grid)
+    text = text.removeprefix("```grid")
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 8
+
+
+def eos_ids(model_path: Path, tokenizer, vocab_size: int) -> tuple[int, ...]:
+    """Every id the checkpoint calls end-of-sequence (config.json, generation_config.json, the
+    tokenizer) plus Qwen's chat terminators when the vocabulary has them."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        try:
+            v = json.loads((model_path / name).read_text()).get("eos_token_id")
+        except (OSError, json.JSONDecodeError):
+            continue
+        ids.update([v] if isinstance(v, int) else [x for x in (v or []) if isinstance(x, int)])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab)
+    return tuple(sorted(i for i in ids if 0 <= i < vocab_size))
+
+
+def validate(args) -> InferSettings:
+    from arclens.data.loaders import load_tasks
+    from arclens.model.config import QwenConfig
+    from arclens.model.hooks import parse_hooks
+    from arclens.model.loading import resolve_model
+    from arclens.prompts import PromptConfig, create_grid_encoder, load_tokenizer
+
+    if args.num_processes not in (None, 1) or args.coordinator or (args.num_workers or 1) > 1 or args.mesh:
+        raise UserError(
+            "infer runs as one process on one device for now; --coordinator/--num-processes/"
+            "--num-workers/--mesh are accepted by extract only (split the tasks with `arclens streams` "
+            "and run one infer per stream instead)"
+        )
+    prompt = PromptConfig.from_args(args)
+    prompt.validate()
+    if prompt.with_answer:
+        raise UserError("--with-answer shows the model the answer; infer predicts it (drop --with-answer)")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens: expected a positive number, got {args.max_new_tokens}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size: expected a positive number, got {args.batch_size}")
+    tasks = load_tasks(args.tasks, args.solutions, args.max_tasks)
+    model_path = resolve_model(args.model)
+    config = QwenConfig.from_pretrained(model_path)
+    hooks = parse_hooks(args.hooks, config.num_hidden_layers) if args.hooks else ()
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    if not out.is_dir():
+        raise UserError(f"--out {out}: not a folder")
+    tokenizer = load_tokenizer(str(model_path))
+    max_new = args.max_new_tokens or _answer_budget(tokenizer, create_grid_encoder(prompt.encoder))
+    return InferSettings(
+        model=args.model, model_path=model_path, config=config, dtype=args.dtype, prompt=prompt, tasks=tasks,
+        tasks_source=args.tasks, out=out, max_new_tokens=max_new,
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE, hooks=hooks,
+    )
+
+
+def main(args) -> int:
+    t0 = time.perf_counter()
+    settings = validate(args)
+    summary = infer(settings)
+    summary.wall_s = time.perf_counter() - t0
+    for line in summary.lines():
+        print(line)
+    print(f"wrote {settings.out / SUBMISSION} and {settings.out / PREDICTIONS}")
+    return 0
+
+
+def _windows(tasks: Sequence[Task], keys: dict[str, set[str]], window_samples: int) -> list[list[Task]]:
+    out, cur, n = [], [], 0
+    for t in tasks:
+        cur.append(t)
+        n += len(keys[t.task_id])
+        if n >= window_samples:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def infer(s: InferSettings, *, progress: bool = True) -> InferSummary:
+    from arclens.pipeline.rendering import task_keys
+
+    check_settings(s.out, s.to_json())
+    pred_path = s.out / PREDICTIONS
+    expected = {t.task_id: set(task_keys(t, s.prompt)) for t in s.tasks}
+    records = read_predictions(pred_path)
+    done = completed_tasks(records, expected)
+    # Keep only complete tasks of this run's task set: a torn or partial task is redone whole.
+    kept = [r for r in records if r.get("task_id") in done]
+    torn = pred_path.exists() and pred_path.stat().st_size > 0 and not pred_path.read_bytes().endswith(b"\n")
+    if len(kept) != len(records) or torn:
+        _rewrite_lines(pred_path, kept)
+    records = kept
+    summary = InferSummary(tasks=len(s.tasks), skipped_tasks=len(done))
+    pending = [t for t in s.tasks if t.task_id not in done]
+    if pending:
+        records += _generate_tasks(s, pending, expected, summary, progress)
+    atomic_write_json(s.out / SUBMISSION, build_submission(s.tasks, records))
+    return summary
+
+
+def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, progress: bool) -> list[dict]:
+    import jax.numpy as jnp
+
+    from arclens.model.generate import GenerateStats, StopRule, generate, tokenizer_fence_tables
+    from arclens.model.loading import load_params
+    from arclens.prompts import create_grid_encoder, load_tokenizer, render_samples
+
+    tokenizer = load_tokenizer(str(s.model_path))
+    encoder = create_grid_encoder(s.prompt.encoder)
+    params = load_params(s.model_path, s.config, {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[s.dtype])
+    stop = StopRule(eos_ids=eos_ids(s.model_path, tokenizer, s.config.vocab_size))
+    if "```" in encoder.to_text(((0,),)):  # the answer is a code block: stop at its closing fence
+        fc, fs = tokenizer_fence_tables(tokenizer, s.config.vocab_size)
+        stop = StopRule(eos_ids=stop.eos_ids, fence_count=fc, fence_state=fs)
+    store = _ActivationSink(s) if s.hooks else None
+    new_records: list[dict] = []
+    windows = _windows(pending, expected, s.batch_size * WINDOW_BATCHES)
+    for w, window in enumerate(windows):
+        samples = list(render_samples(window, tokenizer, s.prompt))
+        stats = GenerateStats()
+        # A prompt inside an open code block (arc24's inference prompts end in ```grid) needs one
+        # more fence to close it; otherwise the answer opens and closes its own.
+        needed = [1 if smp.text.count("```") % 2 else 2 for smp in samples]
+        t0 = time.perf_counter()
+        window_records = []
+        for i, gen in generate(
+            params, s.config, [smp.token_ids for smp in samples], max_new_tokens=s.max_new_tokens,
+            batch_size=s.batch_size, stop=stop, fences_needed=needed, hooks=s.hooks, chunk=s.chunk, loop=s.loop,
+            pad_id=int(tokenizer.pad_token_id or 0), stats=stats,
+        ):
+            rec = _record(samples[i], gen, tokenizer, encoder)
+            window_records.append(rec)
+            if store is not None:
+                store.add(samples[i], gen)
+            summary.samples += 1
+            summary.parsed += rec["grid"] is not None
+            summary.stop_reasons[gen.stop_reason] = summary.stop_reasons.get(gen.stop_reason, 0) + 1
+        summary.generate_s += time.perf_counter() - t0
+        summary.new_tokens += stats.new_tokens
+        if store is not None:
+            store.flush()  # activations are committed before the predictions that mark a task done
+        window_records.sort(key=lambda r: (r["task_id"], r["test_index"], int(r["key"].rsplit("/", 1)[1])))
+        append_lines(s.out / PREDICTIONS, window_records)
+        new_records += window_records
+        if progress:
+            print(
+                f"window {w + 1}/{len(windows)}: {len(window)} tasks, {len(samples)} samples, "
+                f"{stats.new_tokens} new tokens in {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+            )
+    if store is not None:
+        store.close()
+    return new_records
+
+
+def _record(sample, gen, tokenizer, encoder) -> dict:
+    from arclens.prompts import parse_grid, validate_grid
+
+    text = tokenizer.decode(gen.token_ids.tolist(), skip_special_tokens=True)
+    grid = parse_grid(text, encoder)
+    reverted = None
+    if grid is not None:
+        try:
+            reverted = validate_grid(sample.augmentation.revert(grid))
+        except ValueError:
+            reverted = None
+    return {
+        "key": sample.key,
+        "task_id": sample.task_id,
+        "test_index": sample.test_index,
+        "augmentation": sample.augmentation.to_json(),
+        "prompt_token_ids": sample.token_ids.tolist(),
+        "output_token_ids": gen.token_ids.tolist(),
+        "output_text": text,
+        "logprobs": [float(x) for x in gen.logprobs],
+        "stop_reason": gen.stop_reason,
+        "grid": grid_to_json(grid),
+        "reverted_grid": grid_to_json(reverted),
+    }
+
+
+class _ActivationSink:
+    """``--hooks``: the hooks at every generated token into ``DIR/activations`` (SPEC section 3).
+
+    Token k of a sample's output was produced at position ``prompt_len - 1 + k``; that row holds
+    the activations there, the token fed there (``token_id``: the last prompt token, then the
+    previous output token) and, for the prompt's last token, its grid role (-1 for generated
+    tokens: their roles are not derived)."""
+
+    def __init__(self, s: InferSettings):
+        from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store
+
+        self.dest = str(s.out / ACTIVATIONS)
+        meta = {
+            "model": {"name": s.model, "config": s.config.to_json(), "dtype": s.dtype},
+            "hooks": [h.name for h in s.hooks],
+            "dtype": s.dtype,
+            "d_model": s.config.hidden_size,
+            "positions": "generated",
+            "prompt": s.prompt.to_json(),
+            "tasks": {"source": s.tasks_source, "count": len(s.tasks)},
+            "generation": {"max_new_tokens": s.max_new_tokens, "decoding": "greedy"},
+        }
+        open_or_create_store(self.dest, meta)
+        self.committed = committed_keys(self.dest)
+        self.writer = StoreWriter(self.dest, writer=f"infer-{os.uname().nodename}-{os.getpid()}")
+
+    def add(self, sample, gen) -> None:
+        if sample.key in self.committed:
+            return  # committed by an earlier run that stopped before writing its predictions
+        n_prompt = len(sample.token_ids)
+        fed = np.concatenate([sample.token_ids[-1:], gen.token_ids[:-1]]).astype(np.int32)
+        minus = np.full(len(fed), -1, np.int16)
+        roles = {}
+        for col in ("grid", "row", "col"):
+            r = minus.copy()
+            r[0] = getattr(sample, col)[n_prompt - 1]
+            roles[col] = r
+        arrays = {**gen.captures, "position": gen.positions, "token_id": fed, **roles}
+        meta = {
+            "key": sample.key,
+            "task_id": sample.task_id,
+            "test_index": sample.test_index,
+            "augmentation": sample.augmentation.to_json(),
+            "prompt_tokens": n_prompt,
+        }
+        self.writer.add(meta, arrays)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
