@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -70,9 +71,13 @@ def test_prompts_command_bad_options(extra, message, tasks_file, tiny_model_dir,
     assert len(err) == 1 and message in err[0]
 
 
-def test_missing_model_and_missing_answer(tmp_path, tokenizer):
+def test_missing_model_and_missing_answer(tmp_path, tokenizer, tiny_model_dir):
     with pytest.raises(UserError, match="--model"):
         load_tokenizer(str(tmp_path / "no-such-model"))
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(UserError, match="no tokenizer files"):
+        load_tokenizer(str(tmp_path / "config-only"))
     task = arc_task("6150a2bd")
     task = type(task)(task.task_id, task.train, tuple(type(e)(e.input, None) for e in task.test))
     with pytest.raises(UserError, match="6150a2bd.*test output"):
@@ -114,6 +119,17 @@ def test_samples_are_deterministic_and_keyed(tokenizer):
         )
     # the same augmentation for every test input of a task (arc24 augments the whole task)
     assert a[0].augmentation == a[8].augmentation
+    args = argparse.Namespace(
+        prompt_version="output-from-examples-v0",
+        encoder=" GridCodeBlockEncoder( MinimalGridEncoder() ) ",
+        predictions_per_task=16,
+        seed=2,
+        no_augment=True,
+        with_answer=True,
+    )
+    assert PromptConfig.from_args(args) == PromptConfig(
+        "output-from-examples-v0", "GridCodeBlockEncoder(MinimalGridEncoder())", 16, 2, False, True
+    )
     assert PromptConfig().to_json() == {
         "version": "output-from-examples-v1",
         "encoder": "GridShapeEncoder(RowNumberEncoder(MinimalGridEncoder()))",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,12 @@ from arclens.prompts.templates import get_prompt_version
 
 DEFAULT_ENCODER = "GridShapeEncoder(RowNumberEncoder(MinimalGridEncoder()))"
 DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
-TOKENIZE_BATCH = 256  # prompts tokenized together (the fast tokenizer batches in Rust)
+TOKENIZE_BATCH = 256
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+)  # prompts tokenized together (the fast tokenizer batches in Rust)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class PromptConfig:
         """From the CLI's prompt options (cli.py `_add_prompt_options`)."""
         return cls(
             version=args.prompt_version,
-            encoder=args.encoder,
+            # canonical spelling, so that a resumed run with other spacing is the same setting
+            encoder=create_grid_encoder(args.encoder).expression,
             predictions_per_task=args.predictions_per_task,
             seed=args.seed,
             augment=not args.no_augment,
@@ -100,6 +107,12 @@ def load_tokenizer(model: str):
     """The tokenizer of a local model directory or hub id; it must be a fast one (offsets)."""
     from transformers import AutoTokenizer
 
+    local = Path(model)
+    if local.is_dir() and not any((local / f).exists() for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer from config.json's model type instead
+        raise UserError(
+            f"--model {model}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in this directory"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model))
     except (OSError, ValueError) as err:
