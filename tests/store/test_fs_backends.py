@@ -111,3 +111,19 @@ def test_storage_options_from_env(monkeypatch):
 
     with pytest.raises(UserError, match=fsx.STORAGE_OPTIONS_ENV):
         fsx.storage_options_for("s3://b/x")
+
+
+def test_local_create_only_without_hard_links(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    fs, root = fsx.get_fs(str(tmp_path))
+    fsx.create_only(fs, fsx.join(root, "m.json"), b"mine")
+    with pytest.raises(FileExistsError):
+        fsx.create_only(fs, fsx.join(root, "m.json"), b"theirs")
+    assert (tmp_path / "m.json").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]

@@ -17,6 +17,7 @@ a failed attempt we read the object back and accept it when its bytes are exactl
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -200,6 +201,17 @@ def _create_only_once(fs, path: str, data: bytes) -> None:
         tmp = _write_local_temp(path, data)
         try:
             os.link(tmp, path)  # atomic, fails with EEXIST; the file is already complete
+        except FileExistsError:
+            raise
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # A filesystem without hard links: O_EXCL still gives exactly one creator, though a
+            # reader could then see the file before its bytes are all written.
+            with open(path, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         finally:
             os.unlink(tmp)
         _fsync_dir(os.path.dirname(path))
