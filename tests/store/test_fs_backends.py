@@ -127,3 +127,17 @@ def test_local_create_only_without_hard_links(tmp_path, monkeypatch):
         fsx.create_only(fs, fsx.join(root, "m.json"), b"theirs")
     assert (tmp_path / "m.json").read_bytes() == b"mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_listing_sees_other_processes_writes(kind, request):
+    """s3fs and gcsfs cache listings per instance; list_names must not serve a stale one."""
+    remote = request.getfixturevalue(f"{kind}_remote")
+    fs_a, root = fsx.get_fs(remote.url, dict(remote.storage_options, skip_instance_cache=True))
+    fs_b, _ = fsx.get_fs(remote.url, dict(remote.storage_options, skip_instance_cache=True))
+    assert fs_a is not fs_b
+    fsx.create_only(fs_a, fsx.join(root, "index", "a.json"), b"a")
+    assert fsx.list_names(fs_a, fsx.join(root, "index")) == ["a.json"]  # now cached in fs_a
+    fsx.create_only(fs_b, fsx.join(root, "index", "b.json"), b"b")  # "another process"
+    assert fsx.list_names(fs_a, fsx.join(root, "index")) == ["a.json", "b.json"]
+    assert fsx.exists(fs_a, fsx.join(root, "index", "b.json"))

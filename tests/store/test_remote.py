@@ -37,17 +37,20 @@ def test_round_trip_on_emulator(kind, request):
     _assert_exactly(dest, opts, keys(6))
 
 
-def test_cli_reaches_emulator_through_env(s3_remote, monkeypatch, capsys):
-    """No storage options at all: AWS_ENDPOINT_URL and credentials from the environment."""
-    dest = s3_remote.child("env")
-    write(dest, keys(2), storage_options=s3_remote.storage_options)
-    for k, v in s3_remote.env.items():
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_cli_reaches_emulator_through_env(kind, request, monkeypatch, capsys):
+    """No storage options at all: AWS_ENDPOINT_URL + credentials, or STORAGE_EMULATOR_HOST."""
+    remote = request.getfixturevalue(f"{kind}_remote")
+    dest = remote.child("env")
+    write(dest, keys(2), storage_options=remote.storage_options)
+    for k, v in remote.env.items():
         monkeypatch.setenv(k, v)
-    fresh = f"s3://{dest[5:]}"
     from arclens.cli import main
 
-    assert main(["verify", fresh]) == 0
+    assert main(["verify", dest]) == 0
     assert "4 samples" in capsys.readouterr().out
+    assert main(["inspect", dest]) == 0
+    assert "blocks.0.hook_resid_post" in capsys.readouterr().out
 
 
 # gcsfs backs off ~1-2 s per fault inside its own retry loop, so GCS gets the two cases that
