@@ -68,6 +68,12 @@ def test_padding_content_does_not_leak(model):
     name = hooks[0].name
     np.testing.assert_array_equal(np.asarray(a[name])[0, :40], np.asarray(b[name])[0, :40])
     np.testing.assert_array_equal(np.asarray(a[name])[1], np.asarray(b[name])[1])
+    # ids no embedding row has (-1, vocab_size) are harmless padding too, and give finite values
+    for pad in (-1, cfg.vocab_size):
+        other[0, 40:] = pad
+        c = forward_jit(params, cfg, jnp.asarray(other), lengths, hooks=hooks)
+        np.testing.assert_array_equal(np.asarray(a[name])[0, :40], np.asarray(c[name])[0, :40])
+        assert np.isfinite(np.asarray(c[name])).all()
 
 
 def _dots(cfg, params, **kw):

@@ -127,12 +127,10 @@ def unembed(params: Params, config: QwenConfig, x: jax.Array, dtype=None) -> jax
 
 
 def _as_hooks(hooks, n_layers: int) -> tuple[Hook, ...]:
-    if any(isinstance(h, str) for h in hooks):
-        return parse_hooks([h if isinstance(h, str) else h.name for h in hooks], n_layers)
     for h in hooks:
-        if not 0 <= h.layer < n_layers or h.kind not in HOOK_KINDS:
+        if isinstance(h, Hook) and not (0 <= h.layer < n_layers and h.kind in HOOK_KINDS):
             raise UserError(f"hook {h.name!r} does not exist in a model with {n_layers} layers")
-    return tuple(hooks)
+    return parse_hooks([h if isinstance(h, str) else h.name for h in hooks], n_layers)
 
 
 def forward(
@@ -171,6 +169,9 @@ def forward(
 
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     cos, sin = rope(positions, config, dtype)
+    # Whatever id fills the padding (-1, vocab_size...), embed token 0 there: jnp.take would give
+    # NaN for an out-of-range id, and 0 * NaN in the attention would reach real tokens.
+    tokens = jnp.where(positions < lengths[:, None], tokens, 0)
 
     def attend(q, k, v):
         return self_attention(q, k, v, lengths, impl=impl), (k, v)
@@ -190,4 +191,12 @@ def forward(
     return out
 
 
-forward_jit = jax.jit(forward, static_argnames=("config", "hooks", "logits", "attn_impl", "return_kv"))
+_forward_jit = jax.jit(forward, static_argnames=("config", "hooks", "logits", "attn_impl", "return_kv"))
+
+
+def forward_jit(params: Params, config: QwenConfig, tokens, lengths=None, *, hooks: Sequence[Hook | str] = (),
+                logits: bool = False, attn_impl: str = "auto", return_kv: bool = False) -> dict:
+    """``jax.jit`` of ``forward``; hooks may be any sequence of Hooks or names (normalised to one
+    sorted tuple first, so equal requests share one compiled program)."""
+    return _forward_jit(params, config, tokens, lengths, hooks=_as_hooks(tuple(hooks), config.n_layers),
+                        logits=logits, attn_impl=attn_impl, return_kv=return_kv)
