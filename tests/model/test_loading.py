@@ -61,20 +61,21 @@ def test_sharded_checkpoint_equals_single_file(tmp_path, tiny_model_dir):
         assert rel_err(ours[k], ref[k]) <= 1e-4, k
 
 
-def test_bf16_checkpoint(tmp_path):
+@pytest.mark.parametrize("disk_dtype", ["bfloat16", "float16"])
+def test_half_precision_checkpoint(tmp_path, disk_dtype):
     import torch
 
-    d = write_hf_checkpoint(tmp_path / "bf16", seed=6, tied=True, dtype=torch.bfloat16, **SMALL)
+    d = write_hf_checkpoint(tmp_path / disk_dtype, seed=6, tied=True, dtype=getattr(torch, disk_dtype), **SMALL)
     cfg = QwenConfig.from_pretrained(d)
-    assert cfg.dtype == "bfloat16"
+    assert cfg.dtype == disk_dtype
     p32 = load_params(d, cfg, jnp.float32)
     p16 = load_params(d, cfg, "bfloat16")
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(p32))
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p16))
-    # bf16 -> fp32 is exact, so the two loads hold the same numbers
+    # bf16/fp16 -> fp32 is exact and fp16 -> bf16 rounds like numpy, so the loads agree
     for x, y in zip(_leaves(p32), _leaves(p16), strict=True):
-        np.testing.assert_array_equal(x, y.astype(np.float32))
-    # fp32 compute on bf16 weights equals transformers upcasting the same weights
+        np.testing.assert_array_equal(x.astype(ml_dtypes.bfloat16), y)
+    # fp32 compute on half-precision weights equals transformers upcasting the same weights
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, 300), dtype=np.int32)
     hooks = (Hook(1, "resid_post"),)
     ours = forward_jit(p32, cfg, jnp.asarray(tokens), None, hooks=hooks, logits=True)
