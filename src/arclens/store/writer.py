@@ -143,7 +143,9 @@ class StoreWriter:
             raise ValueError("shard_bytes and max_samples_per_shard must be positive")
         self.fs, self.root = fsx.get_fs(dest, storage_options)
         self._local = fsx.is_local(self.fs)
-        self._spool_dir = spool_dir
+        # Remote shards are spooled to local disk first (whole-object upload, retries without
+        # re-serializing): ARCLENS_SPOOL_DIR or the system temp dir must hold one shard.
+        self._spool_dir = spool_dir or os.environ.get("ARCLENS_SPOOL_DIR") or None
         self._resolve_settings(hooks, d_model, dtype)
         self._lock = threading.RLock()
         self._next_seq = self._first_free_seq()
