@@ -208,6 +208,16 @@ def test_wrong_shape(small_dir, tmp_path):
         load_params(d)
 
 
+def test_config_with_fewer_layers_than_the_weights(small_dir, tmp_path):
+    d = _copy(small_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1
+    cfg.pop("layer_types", None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="weights have layers up to 1 but config.json says num_hidden_layers=1"):
+        load_params(d)
+
+
 def test_missing_shard_and_corrupt_file(tmp_path):
     d = write_random_model(tmp_path / "s", preset="tiny", seed=0, max_shard_bytes=500_000)
     shard = sorted(d.glob("model-*.safetensors"))[1]

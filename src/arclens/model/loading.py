@@ -26,6 +26,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a forward pass and a tokenizer need from the hub; never *.bin / *.pth / *.gguf.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
@@ -244,6 +245,13 @@ def load_params(
     with Checkpoint(path) as ckpt:
         for spec in [*top.values(), *(s for t in layers for s in t.values())]:
             _check(ckpt, spec)
+        extra = sorted({int(m.group(1)) for k in ckpt.weight_map if (m := _LAYER_RE.match(k))}
+                       - set(range(config.num_hidden_layers)))
+        if extra:  # a config that drops layers would give a different model, silently
+            raise UserError(
+                f"{path}: the weights have layers up to {extra[-1]} but config.json says "
+                f"num_hidden_layers={config.num_hidden_layers}"
+            )
         if config.tie_word_embeddings:
             _check_tied_head(ckpt, config)
 
