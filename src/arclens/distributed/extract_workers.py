@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 
 from arclens.distributed.workers import (
     DEFAULT_TASKS_PER_UNIT,
@@ -26,6 +27,18 @@ from arclens.distributed.workers import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def show_worker_events() -> None:
+    """Print this package's INFO log lines (claims, takeovers, releases, replicated dimensions) on
+    stderr: a fleet operator reads them in each VM's log. Leaves an existing logging setup alone."""
+    logger = logging.getLogger("arclens.distributed")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("arclens worker: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def worker_writer_name(worker_id: int | None, runtime) -> str:
@@ -71,6 +84,7 @@ def extract_as_worker(settings, runtime, args, *, progress: bool = True, idle_ti
     from arclens.prompts import load_tokenizer
     from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store
 
+    show_worker_events()
     worker_id, num_workers = worker_slot(args)
     s = settings
     if getattr(args, "writer", None) is None:

@@ -1,0 +1,89 @@
+"""Independent `arclens extract` workers sharing one store, on moto's S3 server and on a local folder.
+
+Worker A claims a unit and is killed with SIGKILL in the middle of it (after two of its four
+samples are committed and a third shard is written but not committed). Workers B and C, started
+while A runs, and D, started after A died, share the other units. B and C leave once nothing is
+left to claim (ARCLENS_WORKER_IDLE_EXIT_S), before A's claim has looked stale to them for a ttl;
+D stays, watches A's claim go stale for a full ttl, takes it over (epoch 1), extracts only the
+two uncommitted samples and marks the unit done. The store then holds every sample exactly once
+and `arclens verify` passes.
+
+Both backends run at the same time (in two threads), so their ttl waits overlap.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from cli_helpers import start_cli, stored, wait_ok, write_small_tasks
+
+from arclens.cli import main
+from arclens.distributed.workers import read_board
+from arclens.store import fs as storefs
+
+TTL_S = 15  # long enough for B and C to finish and leave before A's claim expires for them
+N_TASKS, TASKS_PER_UNIT, PREDICTIONS = 8, 2, 2
+OPTIONS = ["--layers", "1", "3", "--activation", "residual", "--predictions-per-task", str(PREDICTIONS),
+           "--dtype", "float32", "--tokens-per-batch", "1024", "--shard-mb", "0.1", "--num-workers", "4"]
+VICTIM_UNIT = "tasks-000000-000002"  # worker 0's first choice
+ALL_UNITS = {f"tasks-{i:06d}-{i + TASKS_PER_UNIT:06d}" for i in range(0, N_TASKS, TASKS_PER_UNIT)}
+ALL_KEYS = sorted(f"task{t:03d}/0/{a}" for t in range(N_TASKS) for a in range(PREDICTIONS))
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def scenario(dest: str, opts, env: dict, folder, model_dir) -> None:
+    folder.mkdir()
+    tasks = write_small_tasks(folder / "tasks.json", N_TASKS)
+    fs, root = storefs.get_fs(dest, opts)
+    env = dict(env, ARCLENS_CLAIM_TTL_S=TTL_S, ARCLENS_TASKS_PER_UNIT=TASKS_PER_UNIT)
+
+    def worker(i: int, **extra):
+        log = folder / f"worker{i}.log"
+        args = ["extract", "--model", model_dir, "--tasks", tasks, "--out", dest, *OPTIONS, "--worker-id", i]
+        return start_cli(args, log, **env, **extra), log
+
+    # A (worker 0 starts with the first unit) dies by SIGKILL at its third shard.
+    a, a_log = worker(0, ARCLENS_TEST_CRASH_AT="shard-written:3")
+    _wait_for(lambda: VICTIM_UNIT in read_board(fs, root).units or a.poll() is not None, 180, "A never claimed")
+    others = [worker(i, ARCLENS_WORKER_IDLE_EXIT_S=2) for i in (1, 2)]
+    assert a.wait(180) == -9, a_log.read_text()[-3000:]
+    assert len(stored(dest, opts)) == 2  # A committed two of its four samples, then died
+    d, d_log = worker(3)  # late: A is already dead
+    wait_ok([p for p, _ in others], [log for _, log in others])
+    wait_ok([d], [d_log])
+
+    for _, log in others:
+        assert "took over" not in log.read_text()
+    log = d_log.read_text()
+    assert f"took over {VICTIM_UNIT} (epoch 1)" in log, log[-3000:]
+    assert f"unit {VICTIM_UNIT}: 2 samples to extract (2 already committed)" in log
+    assert read_board(fs, root).done == ALL_UNITS
+    assert sorted(stored(dest, opts)) == ALL_KEYS  # stored() fails on any key stored twice
+
+
+def test_killed_worker_is_taken_over_on_s3_and_local(tmp_path, tiny_model_dir, s3_remote, capsys):
+    runs = {
+        "s3": (s3_remote.url, s3_remote.storage_options, s3_remote.env),
+        "local": (str(tmp_path / "store"), None, {}),
+    }
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = [pool.submit(scenario, dest, opts, env, tmp_path / name, tiny_model_dir)
+                   for name, (dest, opts, env) in runs.items()]
+        for f in futures:
+            f.result()
+    capsys.readouterr()
+    for dest, _opts, env in runs.values():
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, str(v))
+            assert main(["verify", dest]) == 0
+        assert "OK" in capsys.readouterr().out
