@@ -218,7 +218,7 @@ def main(argv=None) -> int:
 
     def run(label, params, impl, precision=None):
         try:
-            with jax.default_matmul_precision(precision) if precision else nullcontext():
+            with _matmul_precision(jax, precision):
                 out = forward_jit(params, cfg, jt, jl, hooks=hooks, logits=True, attn_impl=impl)
                 ours[label] = {k: np.asarray(v.astype(jnp.float32)) for k, v in out.items()}
                 del out
@@ -284,6 +284,26 @@ def main(argv=None) -> int:
     if tmp is not None:
         tmp.cleanup()
     return 0 if fp32_ok else 1
+
+
+def _matmul_precision(jax, precision):
+    """``jax.default_matmul_precision(p)`` where this JAX has it, else the global config flag
+    (restored afterwards)."""
+    if precision is None:
+        return nullcontext()
+    ctx = getattr(jax, "default_matmul_precision", None)
+    if ctx is not None:
+        return ctx(precision)
+
+    class _Flag:
+        def __enter__(self):
+            self.old = jax.config.jax_default_matmul_precision
+            jax.config.update("jax_default_matmul_precision", precision)
+
+        def __exit__(self, *exc):
+            jax.config.update("jax_default_matmul_precision", self.old)
+
+    return _Flag()
 
 
 def to_markdown(r: dict, names: list[str]) -> str:
