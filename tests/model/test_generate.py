@@ -176,3 +176,15 @@ def test_captures_equal_forward_at_the_producing_positions(ours, prompts):
         for h in hooks:
             assert g.captures[h.name].shape == (len(g.token_ids), config.hidden_size)
             np.testing.assert_allclose(g.captures[h.name], np.asarray(ref[h.name][r, g.positions]), atol=1e-4)
+
+
+def test_tokenizer_fence_tables_on_arc_answers(tokenizer):
+    from arclens.model.generate import tokenizer_fence_tables
+
+    fc, fs = tokenizer_fence_tables(tokenizer, 1024)
+    for text in (" shape: 2x3\n1 123\n2 456\n```", "```grid shape: 1x1\n1 7\n```<|im_end|>", "no fence", "`` `` ```` ``"):
+        state = count = 0
+        for t in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            count += fc[t, state]
+            state = fs[t, state]
+        assert count == text.count("```"), text
