@@ -102,3 +102,23 @@ def test_hook_names_and_bad_hooks(model):
         forward_jit(params, cfg, tokens, None, hooks=(f"blocks.{cfg.n_layers}.hook_mlp_out",))
     with pytest.raises(UserError, match="does not exist"):
         forward_jit(params, cfg, tokens, None, hooks=(Hook(cfg.n_layers, "resid_post"),))
+
+
+def test_long_prefill_in_query_blocks_matches_transformers(model, tiny_model_dir):
+    """Past XLA_Q_BLOCK tokens the XLA path attends in query blocks; still transformers' numbers."""
+    from qwen_reference import hf_captures, load_hf
+
+    from arclens.model.attention import XLA_Q_BLOCK
+
+    cfg, params = model
+    t = XLA_Q_BLOCK + 77
+    lengths = np.array([t, XLA_Q_BLOCK + 6], np.int32)
+    mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int64)
+    tokens = np.where(mask > 0, np.random.default_rng(5).integers(0, cfg.vocab_size, (2, t)), 0).astype(np.int32)
+    last = cfg.n_layers - 1
+    hooks = (Hook(0, "attn_out"), Hook(last, "resid_post"))
+    ours = forward_jit(params, cfg, jnp.asarray(tokens), jnp.asarray(lengths), hooks=hooks)
+    ref = hf_captures(load_hf(tiny_model_dir), tokens, [0, last], attention_mask=mask, logits=False)
+    for h in hooks:
+        for b, n in enumerate(lengths):
+            assert rel_err(np.asarray(ours[h.name])[b, :n], ref[h.name][b, :n]) <= 1e-4, (h.name, b)
