@@ -48,7 +48,7 @@ def parse_args(argv=None):
     ap.add_argument("--cpu", action="store_true", help="run JAX and torch on CPU")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default 24; --tiny: 3)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None,
-                    help="prompt lengths of the right-padded batch (default 1024 700 512 333; --tiny: 64 40 33)")
+                    help="prompt lengths of the right-padded batch (default 1536 1024 700 333; --tiny: 64 40 33)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timing-iters", type=int, default=5)
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for the .md/.json results (default $OUT)")
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
 
     shape = SHAPE_TINY if args.tiny else SHAPE_05B
     n_layers = args.layers or (3 if args.tiny else 24)
-    lengths = args.lengths or ([64, 40, 33] if args.tiny else [1024, 700, 512, 333])
+    lengths = args.lengths or ([64, 40, 33] if args.tiny else [1536, 1024, 700, 333])
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference must be fp32
     torch.backends.cudnn.allow_tf32 = False
