@@ -62,6 +62,9 @@ def test_round_trip_and_cell_spans(expression, grid):
     grid = as_grid(grid)
     text, spans = encoder.render(grid)
     assert text == encoder.to_text(grid)
+    assert (
+        encoder.cell_spans(len(grid), len(grid[0])) == spans
+    ).all()  # the layout depends on the shape only
     assert encoder.to_grid(text) == grid
     # Every span holds that cell's colour as printed (a symbol for ReplaceNumberEncoder).
     flat = [v for row in grid for v in row]

@@ -8,6 +8,8 @@ grid/row/col come from roles.py.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,17 +137,20 @@ class _Pending:
 
 
 def _grid_cells(encoder: GridEncoder, grid, number: int, offset: int) -> tuple[str, Cells]:
-    text, spans = encoder.render(grid)
     h, w = len(grid), len(grid[0])
+    spans = encoder.cell_spans(h, w)
+    rows, cols = _rows_cols(h, w)
+    cells = Cells(spans[:, 0] + offset, spans[:, 1] + offset, np.full(h * w, number, np.int16), rows, cols)
+    return encoder.to_text(grid), cells
+
+
+@functools.lru_cache(maxsize=1024)
+def _rows_cols(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = np.divmod(np.arange(h * w), w)
-    cells = Cells(
-        spans[:, 0] + offset,
-        spans[:, 1] + offset,
-        np.full(h * w, number, np.int16),
-        rows.astype(np.int16),
-        cols.astype(np.int16),
-    )
-    return text, cells
+    rows, cols = rows.astype(np.int16), cols.astype(np.int16)
+    rows.setflags(write=False)
+    cols.setflags(write=False)
+    return rows, cols
 
 
 def _task_arrays(task: Task) -> list[tuple[np.ndarray, ...]]:
@@ -197,7 +202,10 @@ def _tokenize(tokenizer, pending: list[_Pending]) -> Iterator[Sample]:
     # and trainer used. The tests check the ids against tokenizer(text).
     encodings = tokenizer.backend_tokenizer.encode_batch([p.text for p in pending], add_special_tokens=True)
     for p, enc in zip(pending, encodings):
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        # fromiter over the flattened pairs is the cheapest way out of the list of tuples
+        n = len(enc.ids)
+        flat = itertools.chain.from_iterable(enc.offsets)
+        offsets = np.fromiter(flat, dtype=np.int64, count=2 * n).reshape(n, 2)
         grid, row, col = token_roles(offsets, p.cells)
         yield Sample(
             p.key, p.task_id, p.test_index, p.aug_index, p.augmentation, p.text,
