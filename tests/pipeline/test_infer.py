@@ -193,3 +193,26 @@ def test_bad_arguments_are_user_errors(tiny_model_dir, tasks_file, tmp_path, cap
     assert cli_main([*base[:-2], "--out", tasks_file]) == 2  # a file, not a folder
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("arclens: error:") for line in err)
+
+
+def test_a_correct_answer_parses_and_reverts_to_the_true_output(tokenizer):
+    """The record of a sample whose output is the right answer, shown augmented, in the
+    encoder's text: parsed in the augmented frame, reverted to the task's true output."""
+    from arclens.model.generate import Generation
+    from arclens.pipeline.infer import _record
+    from arclens.prompts import PromptConfig, create_grid_encoder, render_samples
+
+    task = next(t for t in load_tasks("arc-agi-1/evaluation") if t.task_id == "6ea4a07e")
+    config = PromptConfig(predictions_per_task=8)
+    encoder = create_grid_encoder(config.encoder)
+    samples = [s for s in render_samples([task], tokenizer, config) if s.test_index == 1]
+    assert any(s.augmentation.hflip or s.augmentation.rot90 for s in samples)
+    for s in samples:
+        truth = task.test[1].output
+        answer = encoder.to_text(s.augmentation.apply(truth)).removeprefix("```grid")
+        ids = np.asarray(tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], np.int32)
+        gen = Generation(ids, np.full(len(ids), -0.5, np.float32), "eos", np.arange(len(ids), dtype=np.int32))
+        r = _record(s, gen, tokenizer, encoder)
+        assert r["output_text"] == answer  # the EOS is not part of the text
+        assert r["grid"] == [list(row) for row in s.augmentation.apply(truth)]
+        assert r["reverted_grid"] == [list(row) for row in truth]
