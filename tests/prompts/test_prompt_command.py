@@ -138,3 +138,38 @@ def test_samples_are_deterministic_and_keyed(tokenizer):
         "augment": True,
         "with_answer": False,
     }
+
+
+LLAMA3_STYLE_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+)
+
+
+def test_other_chat_templates_cut_as_arc24_does(tiny_model_dir):
+    # A llama-3-style template (content trimmed, <|eot_id|> ends a turn): arc24 cuts at the last
+    # <|eot_id|>; the skeleton assembly must equal the direct rendering (checked inside) and the
+    # roles must still be exact.
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.chat_template = LLAMA3_STYLE_TEMPLATE
+    task = arc_task("6150a2bd")
+    for version in ("output-from-examples-v0", "input-from-inputs-v0"):
+        samples = list(render_samples([task], tok, PromptConfig(version=version)))
+        assert len(samples) == 8
+        for s in samples:
+            assert s.text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
+            assert s.text.endswith(
+                "<|start_header_id|>assistant<|end_header_id|>\n\n"
+                + ("### Output" if version.startswith("output") else "## New grid")
+                + "\n\n```grid"
+            )
+            n_cells = int((s.grid >= 0).sum())
+            shown = [
+                g
+                for e in task.train
+                for g in ((e.input, e.output) if version.startswith("output") else (e.input,))
+            ]
+            if version.startswith("output"):
+                shown.append(task.test[0].input)
+            assert n_cells == sum(len(g) * len(g[0]) for g in shown)
