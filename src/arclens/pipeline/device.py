@@ -78,6 +78,14 @@ class CaptureRunner:
         for shape in sorted(shapes, key=lambda s: -s[0] * s[1]):
             self._executable_future(shape)
 
+    def compile_now(self, shapes) -> float:
+        """Compile ``shapes`` (in parallel) and wait; returns the wall seconds (for benchmarks)."""
+        t0 = time.perf_counter()
+        self.precompile(shapes)
+        for shape in shapes:
+            self._executable_future(shape).result()
+        return time.perf_counter() - t0
+
     def _executable_future(self, shape: tuple[int, int]) -> Future:
         with self._lock:
             fut = self._compiled.get(shape)
