@@ -1,5 +1,7 @@
 """`arclens extract` as 2 processes x 2 CPU devices with jax.distributed on a (2,2) mesh stores the
-same samples with the same activations as a 1-process run, each process writing its own shards."""
+same samples with the same activations as a 1-process run, each process writing its own shards.
+So does a 2-process job that is one independent worker (a multi-host slice in a worker fleet:
+process 0 claims each unit and broadcasts it)."""
 
 from __future__ import annotations
 
@@ -26,18 +28,33 @@ def test_two_processes_on_a_2x2_mesh_equal_one_process(tmp_path, tiny_model_dir,
     reference = start_cli([*common, "--out", tmp_path / "ref"], reference_log)
     wait_ok([*procs, reference], [*logs, reference_log])
 
-    ref, mp = stored(tmp_path / "ref"), stored(tmp_path / "mp")
-    assert len(ref) == 12 and sorted(mp) == sorted(ref)
-    for key, arrays in ref.items():
-        assert set(mp[key]) == set(arrays)
-        for name, want in arrays.items():
-            if name.startswith("blocks."):
-                scale = np.abs(want).max()
-                np.testing.assert_allclose(mp[key][name], want, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{key} {name}")
-            else:
-                np.testing.assert_array_equal(mp[key][name], want, err_msg=f"{key} {name}")
-    # Both processes wrote shards of their own rows into the one store; nothing went through one host.
-    writers = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "mp" / "shards").iterdir()}
-    assert {w[-3:] for w in writers} == {"-p0", "-p1"}
-    assert main(["verify", str(tmp_path / "mp")]) == 0
-    assert "OK" in capsys.readouterr().out
+    coordinator = f"127.0.0.1:{free_port()}"
+    worker_logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    worker = [
+        start_cli([*common, "--out", tmp_path / "worker", "--num-workers", "1", "--worker-id", "0",
+                   "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)], worker_logs[i],
+                  JAX_NUM_CPU_DEVICES=1, ARCLENS_TASKS_PER_UNIT=2)
+        for i in range(2)
+    ]
+    wait_ok(worker, worker_logs)
+
+    ref = stored(tmp_path / "ref")
+    assert len(ref) == 12
+    for run in ("mp", "worker"):
+        got = stored(tmp_path / run)
+        assert sorted(got) == sorted(ref), run
+        for key, arrays in ref.items():
+            assert set(got[key]) == set(arrays)
+            for name, want in arrays.items():
+                if name.startswith("blocks."):
+                    np.testing.assert_allclose(got[key][name], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                               err_msg=f"{run} {key} {name}")
+                else:
+                    np.testing.assert_array_equal(got[key][name], want, err_msg=f"{run} {key} {name}")
+        # Both processes wrote shards of their own rows into the one store; nothing went through one host.
+        shards = [p.name for p in (tmp_path / run / "shards").iterdir()]
+        assert any("-p0-" in n for n in shards) and any("-p1-" in n for n in shards), shards
+        assert main(["verify", str(tmp_path / run)]) == 0
+        assert "OK" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "worker" / "done").iterdir()) == [
+        "tasks-000000-000002", "tasks-000002-000004", "tasks-000004-000006"]

@@ -87,3 +87,30 @@ def test_killed_worker_is_taken_over_on_s3_and_local(tmp_path, tiny_model_dir, s
                 mp.setenv(k, str(v))
             assert main(["verify", dest]) == 0
         assert "OK" in capsys.readouterr().out
+
+
+def test_sigterm_commits_releases_and_exits_0(tmp_path, tiny_model_dir):
+    """A preempted worker (SIGTERM) commits what it has, releases its unit and exits 0; the next
+    worker takes the released unit at once (the ttl is a minute here, and nobody waits for it)."""
+    import signal
+
+    dest = str(tmp_path / "store")
+    tasks = write_small_tasks(tmp_path / "tasks.json", 12)
+    fs, root = storefs.get_fs(dest)
+    env = {"ARCLENS_CLAIM_TTL_S": 60, "ARCLENS_TASKS_PER_UNIT": 1}
+    args = ["extract", "--model", tiny_model_dir, "--tasks", tasks, "--out", dest, *OPTIONS]
+    first, first_log = start_cli([*args, "--worker-id", "0"], tmp_path / "first.log", **env), tmp_path / "first.log"
+    _wait_for(lambda: bool(storefs.list_names(fs, f"{root}/index")) or first.poll() is not None, 180, "no commit")
+    first.send_signal(signal.SIGTERM)
+    wait_ok([first], [first_log])
+    board = read_board(fs, root)
+    assert 0 < len(board.done) < 12, first_log.read_text()[-2000:]
+    for unit, state in board.units.items():
+        assert unit in board.done or state.released, f"{unit} left claimed by a stopped worker"
+
+    started = time.monotonic()
+    second_log = tmp_path / "second.log"
+    wait_ok([start_cli([*args, "--worker-id", "1"], second_log, **env)], [second_log])
+    assert time.monotonic() - started < 60  # released units are taken without waiting for the ttl
+    assert read_board(fs, root).done == {f"tasks-{i:06d}-{i + 1:06d}" for i in range(12)}
+    assert sorted(stored(dest)) == sorted(f"task{t:03d}/0/{a}" for t in range(12) for a in range(PREDICTIONS))
