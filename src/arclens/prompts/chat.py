@@ -73,12 +73,7 @@ def _chat_text(tokenizer, version: PromptVersion, train_samples, test_input, out
         raise UserError(f"{name}: the tokenizer has no chat template; arc24's prompts need one")
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-    except (
-        jinja2.TemplateError,
-        ValueError,
-        TypeError,
-        KeyError,
-    ) as err:  # the model's template, not our bug
+    except (jinja2.TemplateError, ValueError, TypeError, KeyError) as err:  # the model's template's fault
         raise UserError(f"{name}: its chat template failed on arc24's messages: {err}") from None
     return text if with_answer else remove_assistant_ending(text, name)
 

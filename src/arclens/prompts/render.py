@@ -27,12 +27,8 @@ from arclens.prompts.templates import get_prompt_version
 
 DEFAULT_ENCODER = "GridShapeEncoder(RowNumberEncoder(MinimalGridEncoder()))"
 DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
-TOKENIZE_BATCH = 256
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-)  # prompts tokenized together (the fast tokenizer batches in Rust)
+TOKENIZE_BATCH = 256  # prompts tokenized together (the fast tokenizer batches in Rust)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
 @dataclass(frozen=True)
