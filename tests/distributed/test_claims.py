@@ -147,7 +147,7 @@ def test_units_orders_and_slots(monkeypatch):
     assert list(units) == ["tasks-000000-000004", "tasks-000004-000008", "tasks-000008-000010"]
     assert units["tasks-000008-000010"] == ["t08", "t09"]
     ids = [f"u{i}" for i in range(6)]
-    assert preferred_order(ids, 1, 3) == ["u2", "u3", "u1", "u0", "u5", "u4"]
+    assert preferred_order(ids, 1, 3) == ["u2", "u3", "u5", "u4", "u1", "u0"]
     assert sorted(preferred_order(ids, None, None)) == ids
     ns = type("A", (), {"worker_id": None, "num_workers": None})
     monkeypatch.delenv("ARCLENS_NUM_WORKERS", raising=False)

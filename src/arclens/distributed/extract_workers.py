@@ -134,8 +134,8 @@ def extract_as_worker(settings, runtime, args, *, progress: bool = True, idle_ti
             finally:
                 reporter.close()
                 renderer.close()
-        if unit_stop.signal_name:
-            summary.stopped_by = unit_stop.signal_name if not stop.signal_name else stop.signal_name
+        if unit_stop.event.is_set() and not stop.is_set():
+            log.warning("unit %s: claim lost mid-unit; its next holder resumes it from the index", unit)
         # The stages' writer flushed at the end: every sample of the unit is committed unless stopped.
         return not (stop.is_set() or unit_stop.event.is_set())
 

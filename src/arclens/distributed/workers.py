@@ -343,22 +343,23 @@ class WorkerClaims:
 
 
 def preferred_order(unit_ids: Sequence[str], worker_id: int | None, num_workers: int | None) -> list[str]:
-    """Worker I of N starts with the I-th contiguous block of units, then helps with the others
-    from their ends, so workers rarely race for the same unit. Without ids every worker starts at
-    a random block (ids only reduce contention; claims alone are what make the protocol safe)."""
+    """Worker I of N starts with the I-th contiguous block of units, then helps the next workers
+    with theirs, each block from its end, so two workers rarely race for the same unit. Without an
+    id, a random rotation. (Ids only reduce contention; the claims alone make the protocol safe.)"""
     units = list(unit_ids)
     if not units:
         return units
     if worker_id is None:
-        n = len(units)
-        start = uuid.uuid4().int % n
+        start = uuid.uuid4().int % len(units)
         return units[start:] + units[:start]
     n_workers = max(1, num_workers or 1)
-    i = (worker_id or 0) % n_workers
-    lo, hi = len(units) * i // n_workers, len(units) * (i + 1) // n_workers
-    own = units[lo:hi]
-    others = units[hi:] + units[:lo]
-    return own + others[::-1]
+    i = worker_id % n_workers
+
+    def block(j: int) -> list[str]:
+        return units[len(units) * j // n_workers:len(units) * (j + 1) // n_workers]
+
+    others = [u for k in range(1, n_workers) for u in reversed(block((i + k) % n_workers))]
+    return block(i) + others
 
 
 def claimed_units(
