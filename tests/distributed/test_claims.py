@@ -26,7 +26,8 @@ def _board(loc):
     return fs, root, read_board(fs, root)
 
 
-def test_racing_workers_claim_a_unit_exactly_once(store_location):
+def test_racing_workers_claim_a_unit_exactly_once(any_store_location):
+    store_location = any_store_location
     n = 8
     barrier = threading.Barrier(n)
     winners, errors = [], []
@@ -54,7 +55,8 @@ def test_racing_workers_claim_a_unit_exactly_once(store_location):
     winners[0].release()
 
 
-def test_threads_share_units_each_done_exactly_once(store_location):
+def test_threads_share_units_each_done_exactly_once(any_store_location):
+    store_location = any_store_location
     dest, opts, _env = store_location
     units = [f"u{i}" for i in range(10)]
     processed: dict[str, list[str]] = {u: [] for u in units}
