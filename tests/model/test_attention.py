@@ -50,9 +50,10 @@ def test_query_blocks_give_the_same_numbers():
     """Long prefills go through the XLA path in query blocks (keys cut at each block's end)."""
     q, k, v = (jnp.asarray(x) for x in _qkv(4))
     lengths = jnp.array([12, 7, 1], jnp.int32)
-    whole = np.asarray(self_attention(q, k, v, lengths, impl="xla", q_block=T))
-    for block in (5, 4, 1):
-        blocked = np.asarray(self_attention(q, k, v, lengths, impl="xla", q_block=block))
+    attn = jax.jit(self_attention, static_argnames=("impl", "q_block"))
+    whole = np.asarray(attn(q, k, v, lengths, impl="xla", q_block=T))
+    for block in (5, 4):
+        blocked = np.asarray(attn(q, k, v, lengths, impl="xla", q_block=block))
         for b, n in enumerate(np.asarray(lengths)):
             np.testing.assert_allclose(blocked[b, :n], whole[b, :n], rtol=1e-6, atol=1e-6)
         assert np.isfinite(blocked).all()
@@ -72,14 +73,15 @@ def test_fused_call_means_the_same_as_the_reference():
     prefill (causal + lengths) and for a decode step (no causal, kv length = pos + 1)."""
     q, k, v = (jnp.asarray(x) for x in _qkv(2))
     lengths = jnp.array([12, 7, 1], jnp.int32)
-    fused = np.asarray(attend_cudnn(q, k, v, lengths, lengths, causal=True, implementation="xla"))
+    fused_call = jax.jit(attend_cudnn, static_argnames=("causal", "implementation"))
+    fused = np.asarray(fused_call(q, k, v, lengths, lengths, causal=True, implementation="xla"))
     ref = np.asarray(self_attention(q, k, v, lengths, impl="xla"))
     for b, n in enumerate(np.asarray(lengths)):
         np.testing.assert_allclose(fused[b, :n], ref[b, :n], rtol=1e-5, atol=1e-5)
         assert not fused[b, n:].any()  # padded rows zeroed
     qd = q[:, :1]
     pos = jnp.array([[11], [6], [0]], jnp.int32)
-    fused = attend_cudnn(qd, k, v, jnp.ones(3, jnp.int32), pos[:, 0] + 1, causal=False, implementation="xla")
+    fused = fused_call(qd, k, v, jnp.ones(3, jnp.int32), pos[:, 0] + 1, causal=False, implementation="xla")
     np.testing.assert_allclose(np.asarray(fused), np.asarray(attend_xla(qd, k, v, pos, pos[:, 0] + 1)),
                                rtol=1e-5, atol=1e-5)
 
