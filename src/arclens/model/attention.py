@@ -18,13 +18,15 @@ ATTN_IMPLS = ("auto", "xla", "cudnn")
 _FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def resolve_impl(attn_impl: str, dtype) -> str:
-    """``auto`` -> ``cudnn`` on a GPU backend with a bf16/fp16 compute dtype, else ``xla``."""
+def resolve_impl(attn_impl: str, dtype, head_dim: int | None = None) -> str:
+    """``auto`` -> ``cudnn`` on a GPU backend with a bf16/fp16 compute dtype (and a head_dim
+    cuDNN takes: a multiple of 8, at most 256), else ``xla``."""
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl={attn_impl!r}; expected one of {ATTN_IMPLS}")
     if attn_impl != "auto":
         return attn_impl
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in [jnp.dtype(d) for d in _FUSED_DTYPES]:
+    fits = head_dim is None or (head_dim % 8 == 0 and head_dim <= 256)
+    if jax.default_backend() == "gpu" and fits and jnp.dtype(dtype) in [jnp.dtype(d) for d in _FUSED_DTYPES]:
         return "cudnn"
     return "xla"
 

@@ -160,7 +160,7 @@ def forward(
         lengths = jnp.full((b,), t, jnp.int32)
     lengths = lengths.astype(jnp.int32)
     dtype = params.embed.dtype
-    impl = resolve_impl(attn_impl, dtype)
+    impl = resolve_impl(attn_impl, dtype, config.head_dim)
 
     n_run = config.n_layers if (logits or return_kv) else max((h.layer + 1 for h in hooks), default=0)
     wanted: dict[int, list[str]] = {}
