@@ -66,6 +66,8 @@ def parse_args(argv=None):
     ap.add_argument("--mix-samples", type=int, default=None,
                     help="only N prompts of the arc mix, evenly spread over its length distribution (CPU)")
     ap.add_argument("--tokens-per-batch", type=int, default=None, help="arc mix token budget (default batch*seq)")
+    ap.add_argument("--max-shapes", type=int, default=None,
+                    help="compiled lengths for the arc mix (default: the pipeline's, ARCLENS_MAX_SHAPES)")
     ap.add_argument("--runs", nargs="+", default=["arclens", "disk", "eager", "compile"],
                     choices=["arclens", "disk", "eager", "compile"])
     ap.add_argument("--mixes", nargs="+", default=["fixed", "arc"], choices=["fixed", "arc"])
@@ -174,8 +176,10 @@ def arc_samples(args, model_dir: str) -> tuple[list, float]:
 def schedule_for(samples, tokens_per_batch: int):
     from arclens.pipeline.batching import plan_batches
 
+    from arclens.pipeline.batching import max_shapes
+
     return plan_batches([len(s.token_ids) for s in samples], [s.key for s in samples],
-                        tokens_per_batch=tokens_per_batch)
+                        tokens_per_batch=tokens_per_batch, max_shapes=max_shapes())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +273,12 @@ class TorchRunner:
         self.model = model.model.to(self.dev).eval()  # the decoder only: nobody asked for logits
         self.layers = layers
         self.host: list = []
+        self.handles: list = []
+
+    def remove_hooks(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
     def sync(self):
         if self.dev.type == "cuda":
@@ -280,8 +290,7 @@ class TorchRunner:
             h = out[0] if isinstance(out, tuple) else out
             self.host.append(h.to("cpu"))
 
-        for layer in self.layers:
-            self.model.layers[layer].register_forward_hook(keep)
+        self.handles = [self.model.layers[layer].register_forward_hook(keep) for layer in self.layers]
 
         def step(ids, mask):
             self.host.clear()
@@ -381,6 +390,8 @@ def main(argv=None) -> int:
         return 0
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
+    if args.max_shapes:
+        os.environ["ARCLENS_MAX_SHAPES"] = str(args.max_shapes)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import jax
     import jax.numpy as jnp
@@ -480,8 +491,11 @@ def main(argv=None) -> int:
             if "compile" in args.runs:
                 attempt("hf-compile->host", lambda: torch_runner.run(torch_runner.compiled(True), batches))
                 attempt("hf-compile", lambda: torch_runner.run(torch_runner.compiled(False), batches))
-            if "eager" in args.runs:  # last: its hooks stay registered on the module
-                attempt("hf-eager->host", lambda: torch_runner.run(torch_runner.eager_with_hooks(), batches))
+            if "eager" in args.runs:
+                try:
+                    attempt("hf-eager->host", lambda: torch_runner.run(torch_runner.eager_with_hooks(), batches))
+                finally:
+                    torch_runner.remove_hooks()  # the compiled runs of the next mix must not copy too
         ours = rows.get("arclens->host", {}).get("tokens_per_s")
         for run, row in rows.items():
             if run.startswith("arclens") and ours:

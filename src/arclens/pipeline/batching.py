@@ -27,8 +27,27 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_QUANTUM = 128  # T is a multiple of this: tile-friendly for matmuls and attention kernels
+MAX_SHAPES_ENV = "ARCLENS_MAX_SHAPES"  # trade compile time (fewer) against padding (more)
 DEFAULT_MAX_SHAPES = 16  # compiled lengths per run: on the ARC-AGI-1 evaluation mix, 12 -> ~9.5% padding,
 # 16 -> ~7.4%, 24 -> ~5.2%; each shape costs a compile (seconds on a GPU, done in parallel up front)
+
+
+def max_shapes() -> int:
+    """The ladder size for this run: ``ARCLENS_MAX_SHAPES`` or the default."""
+    import os
+
+    raw = os.environ.get(MAX_SHAPES_ENV)
+    if raw in (None, ""):
+        return DEFAULT_MAX_SHAPES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from arclens.errors import UserError
+
+        raise UserError(f"{MAX_SHAPES_ENV}={raw!r}: expected a positive integer")
+    return value
 
 
 @dataclass(frozen=True)

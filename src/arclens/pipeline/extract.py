@@ -30,7 +30,7 @@ import numpy as np
 
 from arclens.errors import UserError
 from arclens.model.hooks import Hook, hooks_from_layers, parse_hooks
-from arclens.pipeline.batching import DEFAULT_MAX_SHAPES, extend_ladder, plan_batches
+from arclens.pipeline.batching import extend_ladder, max_shapes, plan_batches
 from arclens.pipeline.crashpoints import crash_point
 from arclens.pipeline.overlap import DeviceClock, Stages
 from arclens.pipeline.progress import ProgressReporter, RunSummary
@@ -119,6 +119,8 @@ def validate(args, runtime) -> ExtractSettings:
     if args.tokens_per_batch is not None and args.tokens_per_batch < 1:
         raise UserError(f"--tokens-per-batch: expected a positive number, got {args.tokens_per_batch}")
     from arclens.distributed.workers import worker_slot
+
+    max_shapes()  # ARCLENS_MAX_SHAPES, checked before anything is written
 
     worker_slot(args)  # --worker-id/--num-workers/TPU_WORKER_ID: refuse bad combinations up front
     model_path = resolve_model(args.model)
@@ -305,6 +307,7 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
     to_writer = stages.channel(WRITE_QUEUE_BATCHES)
     clock = DeviceClock()
     stop_producing = StopRequest()
+    n_shapes = max_shapes()
 
     def produce() -> None:
         ladder: tuple[int, ...] = ()
@@ -322,7 +325,7 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
             lengths = [len(x.token_ids) for x in samples]
             ladder = extend_ladder(ladder, lengths) if ladder else None
             schedule = plan_batches(lengths, [x.key for x in samples], tokens_per_batch=tokens_per_batch,
-                                    ladder=ladder, max_shapes=DEFAULT_MAX_SHAPES, row_multiple=row_multiple)
+                                    ladder=ladder, max_shapes=n_shapes, row_multiple=row_multiple)
             ladder = schedule.ladder
             runner.precompile(schedule.shapes)
             summary.padded_tokens += schedule.padded_tokens
