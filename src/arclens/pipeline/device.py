@@ -5,7 +5,9 @@
 - ``dispatch`` never waits for the device: it builds the global batch, launches the compiled
   executable (asynchronous dispatch) and starts the device-to-host copies of its captures.
   Reading them (``fetch``) is the copy stage's job, in another thread.
-- Inputs are donated on accelerators (the token buffers are dead after the call).
+- Nothing is donated: the only inputs are int32 tokens and lengths, which no output can alias
+  (XLA would only warn that the donation was unusable); the parameters must survive the call.
+  The token buffers are freed as soon as the dispatch loop drops them.
 - ``--positions last`` gathers each row's last real token on the device, so only ``[B, 1, D]``
   per hook crosses to the host.
 """
@@ -38,7 +40,6 @@ class CaptureRunner:
         self.positions = positions
         self.mesh = mesh
         self.store_dtype = jnp.dtype(store_dtype)
-        donate = (1, 2) if jax.default_backend() != "cpu" else ()  # CPU ignores donation, with a warning
 
         def capture(params, tokens, lengths):
             out = forward(params, config, tokens, lengths, hooks=hooks, logits=False, attn_impl=attn_impl)
@@ -47,7 +48,7 @@ class CaptureRunner:
                 out = {k: jnp.take_along_axis(v, last, axis=1) for k, v in out.items()}
             return {k: v.astype(self.store_dtype) for k, v in out.items()}
 
-        self._jitted = jax.jit(capture, donate_argnums=donate, out_shardings=self._out_sharding)
+        self._jitted = jax.jit(capture, out_shardings=self._out_sharding)
         self._compiled: dict[tuple[int, int], Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="arclens-compile")
