@@ -2,10 +2,10 @@
 
 Worker A claims a unit and is killed with SIGKILL in the middle of it (after two of its four
 samples are committed and a third shard is written but not committed). Workers B and C, started
-while A runs, and D, started after A died, share the other units. B and C leave once nothing is
-left to claim (ARCLENS_WORKER_IDLE_EXIT_S), before A's claim has looked stale to them for a ttl;
-D stays, watches A's claim go stale for a full ttl, takes it over (epoch 1), extracts only the
-two uncommitted samples and marks the unit done. The store then holds every sample exactly once
+while A runs, and D, started after A died, share the other units. B and C are patient (a long
+ttl of their own: a worker never takes a claim over sooner than its own ttl) and leave once nothing
+is left to claim (ARCLENS_WORKER_IDLE_EXIT_S); D stays, watches A's claim go stale for A's ttl,
+takes it over (epoch 1), extracts only the two uncommitted samples and marks the unit done. The store then holds every sample exactly once
 and `arclens verify` passes.
 
 Both backends run at the same time (in two threads), so their ttl waits overlap.
@@ -23,7 +23,8 @@ from arclens.cli import main
 from arclens.distributed.workers import read_board
 from arclens.store import fs as storefs
 
-TTL_S = 15  # long enough for B and C to finish and leave before A's claim expires for them
+TTL_S = 6  # A's and D's claim ttl
+PATIENT_TTL_S = 600  # B's and C's: they leave (idle exit) long before they would take A's claim
 N_TASKS, TASKS_PER_UNIT, PREDICTIONS = 8, 2, 2
 OPTIONS = ["--layers", "1", "3", "--activation", "residual", "--predictions-per-task", str(PREDICTIONS),
            "--dtype", "float32", "--tokens-per-batch", "1024", "--shard-mb", "0.1", "--num-workers", "4"]
@@ -49,12 +50,12 @@ def scenario(dest: str, opts, env: dict, folder, model_dir) -> None:
     def worker(i: int, **extra):
         log = folder / f"worker{i}.log"
         args = ["extract", "--model", model_dir, "--tasks", tasks, "--out", dest, *OPTIONS, "--worker-id", i]
-        return start_cli(args, log, **env, **extra), log
+        return start_cli(args, log, **{**env, **extra}), log
 
     # A (worker 0 starts with the first unit) dies by SIGKILL at its third shard.
     a, a_log = worker(0, ARCLENS_TEST_CRASH_AT="shard-written:3")
     _wait_for(lambda: VICTIM_UNIT in read_board(fs, root).units or a.poll() is not None, 180, "A never claimed")
-    others = [worker(i, ARCLENS_WORKER_IDLE_EXIT_S=2) for i in (1, 2)]
+    others = [worker(i, ARCLENS_WORKER_IDLE_EXIT_S=2, ARCLENS_CLAIM_TTL_S=PATIENT_TTL_S) for i in (1, 2)]
     assert a.wait(180) == -9, a_log.read_text()[-3000:]
     assert len(stored(dest, opts)) == 2  # A committed two of its four samples, then died
     d, d_log = worker(3)  # late: A is already dead

@@ -36,7 +36,7 @@ def show_worker_events() -> None:
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("arclens worker: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s arclens worker: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

@@ -26,8 +26,9 @@ Protocol:
 - **Expiry is judged by the observer's own clock.** A worker that lists the board remembers, per
   unit, the *signature* ``(epoch, newest heartbeat, released)`` and the moment (its own monotonic
   clock) it first saw it. The lease is expired when the signature has not changed for the lease's
-  ``ttl_s``. No two machines' wall clocks are ever compared, so clock skew cannot expire a live
-  lease; a worker that just started must watch a stuck lease for a full ``ttl`` before taking it.
+  ``ttl_s`` (or the observer's own ttl, if longer). No two machines' wall clocks are ever compared,
+  so clock skew cannot expire a live lease; a worker that just started must watch a stuck lease for
+  a full ``ttl`` before taking it.
 - **The holder stops first.** The holder counts its lease as valid only until half a ``ttl`` after
   the *start* of its newest successful heartbeat, and also drops it as soon as it sees epoch
   ``e+1``. An observer can only take over a full ``ttl`` after it *saw* that heartbeat, which was
@@ -272,7 +273,9 @@ class WorkerClaims:
         if seen is None or seen[0] != state.signature:
             self._seen[unit] = (state.signature, now)
             return False
-        return now - seen[1] >= self._lease_ttl(unit, state.epoch)
+        # Safety needs at least the holder's ttl; a worker configured with a longer ttl of its own is
+        # more patient still (it never takes over sooner than its own claims would expire).
+        return now - seen[1] >= max(self._lease_ttl(unit, state.epoch), self.ttl_s)
 
     def _next_epoch(self, unit: str, state: UnitState | None, now: float) -> int | None:
         """The epoch this worker may try to create for ``unit`` now, or None."""
