@@ -130,3 +130,16 @@ def test_same_job_into_an_object_store(job, tiny_model_dir, remote_fixture, requ
         for name, arr in local.items():
             np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
     assert main(["verify", dest]) == 0
+
+
+def test_rendering_in_a_process_pool_gives_the_same_store(job, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ARCLENS_RENDER_WORKERS", "2")  # spawned workers, as on a many-core host
+    dest = job["root"] / "pool"
+    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS)) == 0
+    got = stored(dest)
+    assert set(got) == set(job["stored"])
+    for key, (sample, arrays) in got.items():
+        want_sample, want = job["stored"][key]
+        assert sample == want_sample
+        for name, arr in want.items():
+            np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
