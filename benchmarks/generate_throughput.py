@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-prompt-tokens", type=int, default=4096, help="skip longer prompts")
+    p.add_argument("--samples-per-task", type=int, default=1,
+                   help="augmented prompts taken from each task (1: a spread of lengths, 64 tasks)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--loop", nargs="+", choices=["while", "python"], default=["while"])
     p.add_argument("--chunk", type=int, default=32)
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(args.model)
     samples = []
     for s in render_samples(load_tasks(tasks_path), tokenizer, PromptConfig()):
-        if len(s.token_ids) <= args.max_prompt_tokens:
+        if len(s.token_ids) <= args.max_prompt_tokens and s.aug_index < args.samples_per_task and s.test_index == 0:
             samples.append(s)
         if len(samples) == args.batch_size:
             break
