@@ -1,6 +1,7 @@
 """One SPMD process for the multi-process tests: a small tensor-parallel block on a real mesh.
 
-Run as ``python spmd_child.py OUT_DIR MESH N_CPU_DEVICES [COORDINATOR N_PROCESSES PROCESS_ID]``.
+Run as ``python spmd_child.py OUT_DIR MESH N_CPU_DEVICES`` (multi-process: with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID in the environment).
 It feeds its own rows of a fixed global batch, runs a jitted attention-like block whose weights are
 laid out by the logical-axis table, and saves the rows it owns (``local_rows``) to
 ``OUT_DIR/rows-p{process_id}.npz``. The parent test compares every row with a 1-device run.
@@ -25,10 +26,9 @@ from arclens.distributed.mesh import make_mesh, use_mesh
 from arclens.distributed.runtime import global_batch, initialize, local_batch_rows, local_rows
 from arclens.distributed.sharding import logical_sharding
 
-args = types.SimpleNamespace(coordinator=None, num_processes=None, process_id=None)
-if len(sys.argv) > 4:
-    args = types.SimpleNamespace(coordinator=sys.argv[4], num_processes=int(sys.argv[5]), process_id=int(sys.argv[6]))
-runtime = initialize(args)
+# The place in the job comes from JAX's own variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+# JAX_PROCESS_ID) when the parent sets them; no flags.
+runtime = initialize(types.SimpleNamespace(coordinator=None, num_processes=None, process_id=None))
 assert jax.process_count() == runtime.num_processes, (jax.process_count(), runtime)
 
 B, T, E, H, KV, D, F = 8, 6, 16, 4, 2, 4, 24

@@ -6,6 +6,7 @@ process 0 claims each unit and broadcasts it)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from cli_helpers import free_port, start_cli, stored, wait_ok, write_small_tasks
 
 from arclens.cli import main
@@ -14,6 +15,7 @@ OPTIONS = ["--layers", "1", "3", "--activation", "residual", "mlp", "--predictio
            "--dtype", "float32", "--tokens-per-batch", "1024", "--shard-mb", "0.5"]
 
 
+@pytest.mark.slow
 def test_two_processes_on_a_2x2_mesh_equal_one_process(tmp_path, tiny_model_dir, capsys):
     tasks = write_small_tasks(tmp_path / "tasks.json", n_tasks=6)
     common = ["extract", "--model", tiny_model_dir, "--tasks", tasks, *OPTIONS]
@@ -30,10 +32,11 @@ def test_two_processes_on_a_2x2_mesh_equal_one_process(tmp_path, tiny_model_dir,
 
     coordinator = f"127.0.0.1:{free_port()}"
     worker_logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    # This job takes its place from the environment instead of flags.
     worker = [
-        start_cli([*common, "--out", tmp_path / "worker", "--num-workers", "1", "--worker-id", "0",
-                   "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)], worker_logs[i],
-                  JAX_NUM_CPU_DEVICES=1, ARCLENS_TASKS_PER_UNIT=2)
+        start_cli([*common, "--out", tmp_path / "worker", "--num-workers", "1", "--worker-id", "0"], worker_logs[i],
+                  JAX_NUM_CPU_DEVICES=1, ARCLENS_TASKS_PER_UNIT=2, ARCLENS_COORDINATOR=coordinator,
+                  ARCLENS_NUM_PROCESSES=2, ARCLENS_PROCESS_ID=i)
         for i in range(2)
     ]
     wait_ok(worker, worker_logs)

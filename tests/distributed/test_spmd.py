@@ -28,8 +28,11 @@ def _free_port() -> int:
 
 def _start(out: Path, mesh: str, n_devices: int, *dist: str) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if dist:
+        coordinator, n, i = dist
+        env.update(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES=n, JAX_PROCESS_ID=i)
     return subprocess.Popen(
-        [sys.executable, str(CHILD), str(out), mesh, str(n_devices), *dist],
+        [sys.executable, str(CHILD), str(out), mesh, str(n_devices)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 

@@ -71,6 +71,7 @@ def scenario(dest: str, opts, env: dict, folder, model_dir) -> None:
     assert sorted(stored(dest, opts)) == ALL_KEYS  # stored() fails on any key stored twice
 
 
+@pytest.mark.slow
 def test_killed_worker_is_taken_over_on_s3_and_local(tmp_path, tiny_model_dir, s3_remote, capsys):
     runs = {
         "s3": (s3_remote.url, s3_remote.storage_options, s3_remote.env),
@@ -90,6 +91,7 @@ def test_killed_worker_is_taken_over_on_s3_and_local(tmp_path, tiny_model_dir, s
         assert "OK" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigterm_commits_releases_and_exits_0(tmp_path, tiny_model_dir):
     """A preempted worker (SIGTERM) commits what it has, releases its unit and exits 0; the next
     worker takes the released unit at once (the ttl is a minute here, and nobody waits for it)."""
