@@ -48,9 +48,9 @@ def make_mesh(spec: str | None = None, devices=None) -> Mesh:
 
     Axis types are Auto on purpose: the model code carries no sharding annotations inside its ops,
     so XLA's propagation (GSPMD) places the collectives. jax.make_mesh would default to Explicit.
-    ``jax.make_mesh`` also orders the devices by the physical topology on TPU, and by process on
-    CPU/GPU, so the ``data`` axis spans processes and ``model`` stays inside one host whenever
-    MODEL divides the per-host device count.
+    ``jax.make_mesh`` also orders the devices: along the ICI torus on TPU, and by process on CPU
+    and GPU, where the ``data`` axis then spans processes and ``model`` stays inside one host
+    whenever MODEL divides the per-host device count (checked on CPU in tests/distributed).
     """
     devices = list(jax.devices() if devices is None else devices)
     data, model = parse_mesh_spec(spec, len(devices))
