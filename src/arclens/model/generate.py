@@ -62,8 +62,8 @@ class Generation:
 
 @dataclass(frozen=True)
 class StopRule:
-    """How rows finish. ``fence_count``/``fence_state``: int32 ``[V, 3]`` tables from
-    ``fence_tables``; ``fences_needed`` (per prompt) ``` runs end the answer."""
+    """How rows finish: any of ``eos_ids``, or (with the int32 ``[V, 3]`` tables of
+    ``fence_tables``) once ``generate``'s ``fences_needed`` fences have been written."""
 
     eos_ids: tuple[int, ...] = ()
     fence_count: np.ndarray | None = None
@@ -83,21 +83,15 @@ def fence_tables(token_texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     state = np.zeros((n, 3), np.int32)
     for t, text in enumerate(token_texts):
         if "`" not in text:
-            continue  # state resets to 0 below only if the token has other chars; handled next
+            # Any other character breaks a run; an empty text (a special token) leaves it alone.
+            state[t] = 0 if text else np.arange(3)
+            continue
         for s in range(3):
             run, c = s, 0
             for ch in text:
-                if ch == "`":
-                    run += 1
-                    if run % 3 == 0:
-                        c += 1
-                else:
-                    run = 0
+                run = run + 1 if ch == "`" else 0
+                c += run > 0 and run % 3 == 0
             count[t, s], state[t, s] = c, run % 3
-    # Tokens with no backtick break any run unless they are empty (e.g. special tokens decode to "").
-    for t, text in enumerate(token_texts):
-        if "`" not in text:
-            state[t, :] = 0 if text else np.arange(3)
     return count, state
 
 
