@@ -326,7 +326,8 @@ def generate(
 def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, eos, fc, fn, hooks, chunk, loop,
                     pad_id, length_bucket, compact, stats):
     n = len(prompts)
-    b = batch_size  # a short last batch is padded, so every batch has the same compiled shape
+    # A short (last) batch is padded to a power of two: the shapes compaction compiles anyway.
+    b = min(batch_size, _pow2(n))
     lens = np.array([len(p) for p in prompts], np.int32)
     t = _bucket(int(lens.max()), length_bucket)
     cache_len = _bucket(t + max_new, length_bucket)
