@@ -35,7 +35,7 @@ PREDICTIONS = "predictions.jsonl"
 SUBMISSION = "submission.json"
 SETTINGS = "infer.json"
 ACTIVATIONS = "activations"
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = {"cpu": 8}  # rows per batch by JAX backend; 64 on accelerators
 WINDOW_BATCHES = 4  # a window (the unit of writing and of resume) holds about this many batches
 # ARC Prize convention for a test input without a prediction: a valid 1x1 grid (Kaggle's scorer
 # wants two grids); with one prediction, attempt_2 repeats it.
@@ -233,6 +233,12 @@ def eos_ids(model_path: Path, tokenizer, vocab_size: int) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if 0 <= i < vocab_size))
 
 
+def _default_batch_size() -> int:
+    import jax
+
+    return DEFAULT_BATCH_SIZE.get(jax.default_backend(), 64)
+
+
 def validate(args) -> InferSettings:
     from arclens.data.loaders import load_tasks
     from arclens.model.config import QwenConfig
@@ -270,7 +276,7 @@ def validate(args) -> InferSettings:
     return InferSettings(
         model=args.model, model_path=model_path, config=config, dtype=args.dtype, prompt=prompt, tasks=tasks,
         tasks_source=args.tasks, out=out, max_new_tokens=max_new,
-        batch_size=args.batch_size or DEFAULT_BATCH_SIZE, hooks=hooks,
+        batch_size=args.batch_size or _default_batch_size(), hooks=hooks,
     )
 
 
