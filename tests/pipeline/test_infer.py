@@ -113,9 +113,13 @@ def test_resume_skips_done_tasks_and_redoes_a_torn_one(first_run, tiny_model_dir
     assert "tasks: 3 (2 already predicted, skipped)" in capsys.readouterr().out
     redone = read_predictions(out / "predictions.jsonl")
     assert len(redone) == len(lines)
-    # greedy decoding is deterministic: the redone task's lines equal the first run's
-    key = lambda r: r["key"]
-    assert sorted(redone, key=key) == sorted((json.loads(ln) for ln in lines), key=key)
+    # greedy decoding is deterministic: the redone task's lines equal the first run's (up to float
+    # rounding in the log-probabilities: the redone task ran in a batch of another shape)
+    first = {r["key"]: r for r in map(json.loads, lines)}
+    for r in redone:
+        want = first[r["key"]]
+        np.testing.assert_allclose(r.pop("logprobs"), want.pop("logprobs"), atol=1e-5)
+        assert r == want
     assert json.loads((out / "submission.json").read_text()) == json.loads((first_run / "submission.json").read_text())
     # its activations were committed by the first run, so they are not written twice
     import arclens
