@@ -104,6 +104,11 @@ def test_resume_skips_done_tasks_and_redoes_a_torn_one(first_run, tiny_model_dir
     assert _infer(tiny_model_dir, tasks_file, out, *HOOKS) == 0
     assert "tasks: 3 (3 already predicted, skipped)" in capsys.readouterr().out
     assert (out / "predictions.jsonl").read_text() == before
+    # a smaller task set: nothing generated, the other tasks' lines are kept
+    assert _infer(tiny_model_dir, tasks_file, out, *HOOKS, "--max-tasks", "1") == 0
+    assert "tasks: 1 (1 already predicted, skipped)" in capsys.readouterr().out
+    assert (out / "predictions.jsonl").read_text() == before
+    assert list(json.loads((out / "submission.json").read_text())) == [TASK_IDS[0]]
 
     # Drop one task's lines and leave a torn line behind, as a crash mid-append would.
     lines = before.splitlines(keepends=True)

@@ -312,8 +312,9 @@ def infer(s: InferSettings, *, progress: bool = True) -> InferSummary:
     expected = {t.task_id: set(task_keys(t, s.prompt)) for t in s.tasks}
     records = read_predictions(pred_path)
     done = completed_tasks(records, expected)
-    # Keep only complete tasks of this run's task set: a torn or partial task is redone whole.
-    kept = [r for r in records if r.get("task_id") in done]
+    # A partial task of this run's set (a torn write) is dropped and redone whole; lines of tasks
+    # outside the set (an earlier run with more --max-tasks) are kept as they are.
+    kept = [r for r in records if r.get("task_id") in done or r.get("task_id") not in expected]
     torn = pred_path.exists() and pred_path.stat().st_size > 0 and not pred_path.read_bytes().endswith(b"\n")
     if len(kept) != len(records) or torn:
         _rewrite_lines(pred_path, kept)
