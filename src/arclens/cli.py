@@ -61,7 +61,7 @@ def _add_distributed_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
     g.add_argument("--worker-id", type=int, default=None, help="independent worker id (or TPU_WORKER_ID)")
-    g.add_argument("--num-workers", type=int, default=None)
+    g.add_argument("--num-workers", type=int, default=None, help="size of the independent worker fleet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging() -> None:
+    """arclens' warnings, and the scale-out notices an operator reads in each VM's log (a replicated
+    dimension, jax.distributed, claims and takeovers), go to stderr with a timestamp. Per-shard
+    INFO lines stay quiet so they do not break the progress bar; third-party loggers are untouched."""
+    import logging
+
+    logger = logging.getLogger("arclens")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s arclens: %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        logging.getLogger("arclens.distributed").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
     try:
         args = build_parser().parse_args(argv)
         module_name, func_name = COMMANDS[args.command].split(":")

@@ -33,7 +33,8 @@ def show_worker_events() -> None:
     """Print this package's INFO log lines (claims, takeovers, releases, replicated dimensions) on
     stderr: a fleet operator reads them in each VM's log. Leaves an existing logging setup alone."""
     logger = logging.getLogger("arclens.distributed")
-    if logger.handlers or logging.getLogger().handlers:
+    if logger.hasHandlers():  # the CLI's handler on "arclens", or the caller's own setup
+        logger.setLevel(logging.INFO)
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s arclens worker: %(message)s"))
