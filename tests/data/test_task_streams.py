@@ -46,6 +46,7 @@ def test_streams_of_arc_agi_1_evaluation(tmp_path):
         seen += [t.task_id for t in stream]
     assert sorted(seen) == sorted(all_tasks)
     assert not (out / stream_file_name(7)).exists()
+    assert load_tasks(str(out)) == sorted(all_tasks.values(), key=lambda t: t.task_id)  # the folder = the union
     manifest = json.loads((out / "streams.json").read_text())
     assert (
         manifest["num_streams"] == 7

@@ -83,6 +83,12 @@ def _read_builtin(name: str) -> tuple[Task, ...]:
 
 
 def _read_folder(folder: Path) -> list[Task]:
+    if (folder / "streams.json").is_file():
+        # The output of `arclens streams`: together its stream files hold every task once.
+        streams = sorted(folder.glob("stream_*.jsonl"))
+        if not streams:
+            raise UserError(f"--tasks {folder}: has streams.json but no stream_*.jsonl files")
+        return [task for path in streams for task in _read_jsonl(path)]
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json" and p.is_file())
     if not files:
         raise UserError(f"--tasks {folder}: folder has no <task_id>.json files")
