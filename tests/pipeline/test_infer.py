@@ -54,7 +54,8 @@ def test_submission_and_predictions_are_complete(first_run, capsys):
         for e in entries:
             assert set(e) == {"attempt_1", "attempt_2"}
             for g in e.values():
-                assert g and all(len(r) == len(g[0]) and all(0 <= v <= 9 for v in r) for r in g)
+                # a grid, or the [] pad of a missing attempt
+                assert all(len(r) == len(g[0]) and r and all(0 <= v <= 9 for v in r) for r in g)
     records = read_predictions(first_run / "predictions.jsonl")
     assert len(records) == 2 * sum(n_tests.values())
     assert len({r["key"] for r in records}) == len(records)
@@ -167,7 +168,7 @@ def test_voting_ties_empty_malformed_and_multi_test():
         # b, test 0: a tie on votes (1 each), broken by the mean logprob; test 1: only unparsed -> padding
         _rec("b", 0, 0, G2, [-1.0, -3.0]), _rec("b", 0, 1, TRUE_B, [-1.5]),
         _rec("b", 1, 0, None, []), _rec("b", 1, 1, None, [-0.2]),
-        # c: a single prediction -> both attempts are it
+        # c: a single prediction -> attempt_2 is the [] pad
         _rec("c", 0, 0, G3, [-1.0]),
         # d: no records at all (e.g. every output empty or malformed upstream)
     ]
@@ -175,16 +176,18 @@ def test_voting_ties_empty_malformed_and_multi_test():
     assert sub["a"] == [{"attempt_1": G1, "attempt_2": G3}]
     assert sub["b"][0] == {"attempt_1": TRUE_B, "attempt_2": G2}  # mean -1.5 beats mean -2.0
     empty = [list(r) for r in EMPTY_ATTEMPT]
+    assert empty == []
     assert sub["b"][1] == {"attempt_1": empty, "attempt_2": empty}
-    assert sub["c"] == [{"attempt_1": [[3]], "attempt_2": [[3]]}]
+    assert sub["c"] == [{"attempt_1": [[3]], "attempt_2": []}]
     assert sub["d"] == [{"attempt_1": empty, "attempt_2": empty}]
 
     solutions = {"a": [G3], "b": [TRUE_B, [[7]]], "c": [G1], "d": [[[0]]]}
     r = score_submission(json.loads(json.dumps(sub)), solutions)
     scores = {t.task_id: t.score for t in r.tasks}
-    # a: right on attempt 2; b: one of two test outputs; c: wrong; d: the [[0]] pad happens to be right
-    assert scores == {"a": 1.0, "b": 0.5, "c": 0.0, "d": 1.0}
-    assert r.total == 2.5
+    # a: right on attempt 2; b: one of two test outputs; c: wrong; d: no answer never scores,
+    # not even against a 1x1 all-black output
+    assert scores == {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0}
+    assert r.total == 1.5
 
 
 def test_completed_tasks_needs_every_key():

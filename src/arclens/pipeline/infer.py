@@ -37,9 +37,10 @@ SETTINGS = "infer.json"
 ACTIVATIONS = "activations"
 DEFAULT_BATCH_SIZE = {"cpu": 8}  # rows per batch by JAX backend; 64 on accelerators
 WINDOW_BATCHES = 4  # a window (the unit of writing and of resume) holds about this many batches
-# ARC Prize convention for a test input without a prediction: a valid 1x1 grid (Kaggle's scorer
-# wants two grids); with one prediction, attempt_2 repeats it.
-EMPTY_ATTEMPT: Grid = ((0,),)
+# A missing attempt is `[]` (issue 8: "[]-padded"). It is valid JSON for every ARC Prize scorer and
+# matches no answer, so a test input the model never answered can never score by accident (a
+# [[0]] pad would "solve" every 1x1 all-black output).
+EMPTY_ATTEMPT: Grid = ()
 MAX_SIDE = 30
 
 
@@ -62,11 +63,8 @@ def task_attempts(task: Task, records: Iterable[dict]) -> list[dict]:
             by_test[r["test_index"]].append(Prediction(grid=_record_grid(r["reverted_grid"]), logprobs=r["logprobs"]))
     out = []
     for i in range(len(task.test)):
-        grids = vote(by_test[i], n_attempts=2)
-        if not grids:
-            grids = [EMPTY_ATTEMPT]
-        if len(grids) == 1:
-            grids = [grids[0], grids[0]]
+        grids = list(vote(by_test[i], n_attempts=2))
+        grids += [EMPTY_ATTEMPT] * (2 - len(grids))
         out.append({"attempt_1": grid_to_json(grids[0]), "attempt_2": grid_to_json(grids[1])})
     return out
 
