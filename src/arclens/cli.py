@@ -34,7 +34,7 @@ COMMANDS = {
 class _Parser(argparse.ArgumentParser):
     """argparse prints usage plus the error; we want the one line SPEC.md asks for."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
 
 
