@@ -42,7 +42,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -174,9 +173,7 @@ def arc_samples(args, model_dir: str) -> tuple[list, float]:
 
 
 def schedule_for(samples, tokens_per_batch: int):
-    from arclens.pipeline.batching import plan_batches
-
-    from arclens.pipeline.batching import max_shapes
+    from arclens.pipeline.batching import max_shapes, plan_batches
 
     return plan_batches([len(s.token_ids) for s in samples], [s.key for s in samples],
                         tokens_per_batch=tokens_per_batch, max_shapes=max_shapes())
@@ -466,12 +463,12 @@ def main(argv=None) -> int:
                 record(run, {"error": f"{type(err).__name__}: {err}"})
 
         if "arclens" in args.runs:
-            attempt("arclens->host", lambda: run_arclens(runner, samples, budget, _HostSink(), warm))
+            attempt("arclens->host", lambda s=samples, b=budget, w=warm: run_arclens(runner, s, b, _HostSink(), w))
         if "disk" in args.runs and mix == "fixed":
             from arclens.pipeline.extract import store_metadata  # noqa: F401 - same metadata path as extract
             from arclens.store.writer import StoreWriter, open_or_create_store
 
-            def to_disk():
+            def to_disk(samples=samples, budget=budget, warm=warm):
                 dest = tempfile.mkdtemp(prefix="store-", dir=tmp.name)
                 open_or_create_store(dest, {"model": {"name": model_dir, "config": config.to_json(),
                                                       "dtype": dtype_name},
@@ -488,12 +485,13 @@ def main(argv=None) -> int:
             if torch_runner is None:
                 torch_runner = TorchRunner(model_dir, layers, args.device, dtype_name)
             batches = torch_batches(samples, budget)
+            tr = torch_runner
             if "compile" in args.runs:
-                attempt("hf-compile->host", lambda: torch_runner.run(torch_runner.compiled(True), batches))
-                attempt("hf-compile", lambda: torch_runner.run(torch_runner.compiled(False), batches))
+                attempt("hf-compile->host", lambda tr=tr, b=batches: tr.run(tr.compiled(True), b))
+                attempt("hf-compile", lambda tr=tr, b=batches: tr.run(tr.compiled(False), b))
             if "eager" in args.runs:
                 try:
-                    attempt("hf-eager->host", lambda: torch_runner.run(torch_runner.eager_with_hooks(), batches))
+                    attempt("hf-eager->host", lambda tr=tr, b=batches: tr.run(tr.eager_with_hooks(), b))
                 finally:
                     torch_runner.remove_hooks()  # the compiled runs of the next mix must not copy too
         ours = rows.get("arclens->host", {}).get("tokens_per_s")

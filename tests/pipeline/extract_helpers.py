@@ -51,7 +51,7 @@ def cli_env(**extra) -> dict:
 def run_cli(args: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
     """``arclens ARGS`` in a fresh process (needed to kill it or signal it)."""
     return subprocess.run([sys.executable, "-m", "arclens.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(**env))
+                          timeout=timeout, env=cli_env(**env), check=False)
 
 
 def stored(dest, storage_options=None) -> dict[str, tuple[dict, dict]]:

@@ -214,7 +214,13 @@ def extract(s: ExtractSettings, runtime, *, progress: bool = True, window_sample
     from arclens.distributed.mesh import make_mesh
     from arclens.distributed.runtime import barrier
     from arclens.pipeline.device import CaptureRunner
-    from arclens.pipeline.rendering import DEFAULT_WINDOW_SAMPLES, Renderer, default_workers, pending_work, windows
+    from arclens.pipeline.rendering import (
+        DEFAULT_WINDOW_SAMPLES,
+        Renderer,
+        default_workers,
+        pending_work,
+        windows,
+    )
     from arclens.prompts import load_tokenizer
     from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store
 
@@ -277,13 +283,22 @@ def _should_stop(step: int, stop: StopRequest, runtime) -> bool:
         if multihost_utils.reached_preemption_sync_point(step):
             stop.request("SIGTERM (preemption sync point)")
             return True
-    except Exception:  # noqa: BLE001 - no preemption service in this jax.distributed setup
-        pass
+    except Exception as err:  # noqa: BLE001 - no preemption service in this jax.distributed setup
+        _warn_once(f"no graceful stop across processes: jax preemption sync point unavailable ({err})")
     return False
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        print(f"arclens extract: {msg}", file=sys.stderr)
+
+
 def _assemble(batch, index: int, samples: list, local: slice) -> BatchWork:
-    b, t = batch.shape
+    t = batch.seq_len
     tokens = np.full((local.stop - local.start, t), PAD_TOKEN, np.int32)
     lengths = np.ones(local.stop - local.start, np.int32)  # padding rows: 1, never 0 (no empty softmax)
     mine: dict = {}
@@ -341,8 +356,7 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
         to_device.close()
 
     def dispatch() -> None:
-        step = 0
-        for item in to_device:
+        for step, item in enumerate(to_device):
             if _should_stop(step, stop, runtime):
                 stop_producing.request("stop")
                 for _ in to_device:  # let the producer see the flag and finish
@@ -355,7 +369,6 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
             crash_point("batch-dispatched")
             to_host.put((item, out))
             summary.batches += 1
-            step += 1
         to_host.close()
 
     def copy_to_host() -> None:
