@@ -143,3 +143,24 @@ def test_rendering_in_a_process_pool_gives_the_same_store(job, tiny_model_dir, m
         assert sample == want_sample
         for name, arr in want.items():
             np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
+
+
+def test_several_windows_give_the_same_store(job, tiny_model_dir):
+    # Windows of ~5 samples: every window is scheduled on its own and reuses the first ladder.
+    from arclens.cli import build_parser
+    from arclens.distributed.runtime import Runtime
+    from arclens.pipeline.extract import extract, validate
+
+    dest = job["root"] / "windows"
+    args = build_parser().parse_args(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS))
+    summary = extract(validate(args, Runtime()), Runtime(), progress=False, window_samples=5)
+    assert summary.samples == len(job["stored"])
+    got = stored(dest)
+    assert set(got) == set(job["stored"])
+    for key, (_, arrays) in got.items():
+        _, want = job["stored"][key]
+        for name, arr in want.items():
+            if name.startswith("blocks."):
+                assert rel_err(arrays[name], arr) <= 1e-5, (key, name)
+            else:
+                np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")

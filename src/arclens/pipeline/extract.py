@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,7 +328,7 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
     def produce() -> None:
         ladder: tuple[int, ...] = ()
         queue_of_windows = iter(wins)
-        rendering = deque(renderer.submit(w) for w, _ in zip(queue_of_windows, range(2)))
+        rendering = deque(renderer.submit(w) for w in islice(queue_of_windows, 2))
         index = 0
         while rendering:
             with busy.measure("tokenize"):
