@@ -261,6 +261,9 @@ def extract(s: ExtractSettings, runtime, *, progress: bool = True, window_sample
     summary.bytes = sum(c.bytes for c in writer.commits)
     summary.compile_s = runner.compile_seconds
     summary.stopped_by = stop.signal_name
+    if not runtime.multi_process and not stop.is_set() and summary.samples != work.n_samples:
+        # Never report success for a run that silently skipped samples (a rerun would resume them).
+        raise RuntimeError(f"extract wrote {summary.samples} samples of the {work.n_samples} it scheduled")
     return summary
 
 
