@@ -164,3 +164,16 @@ def test_several_windows_give_the_same_store(job, tiny_model_dir):
                 assert rel_err(arrays[name], arr) <= 1e-5, (key, name)
             else:
                 np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
+
+
+def test_default_bfloat16_store_is_close_to_float32(job, tiny_model_dir):
+    dest = job["root"] / "bf16"
+    options = [o for o in OPTIONS if o not in ("--dtype", "float32")]  # the default dtype: bfloat16
+    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *options)) == 0
+    meta = json.loads((dest / "metadata.json").read_text())
+    assert meta["dtype"] == "bfloat16" and meta["model"]["dtype"] == "bfloat16"
+    for key, (_, arrays) in stored(dest).items():
+        _, want = job["stored"][key]
+        for hook in HOOKS:
+            assert str(arrays[hook].dtype) == "bfloat16"
+            assert rel_err(arrays[hook].astype(np.float32), want[hook]) <= 5e-2, (key, hook)
