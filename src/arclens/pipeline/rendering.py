@@ -1,7 +1,7 @@
 """Prompts for extraction: which samples are still to do, and rendering them ahead of the device.
 
-Rendering (arc24 prompt text + tokenization + token roles) runs at ~150k tokens/s on one CPU core,
-well below what one GPU consumes, so on a machine with cores to spare it runs in a pool of worker
+Rendering (arc24 prompt text + tokenization + token roles) runs at 0.15-0.7M tokens/s in one
+process, about what one GPU consumes, so on a machine with cores to spare it runs in a pool of worker
 processes (spawned, never forked: the parent has JAX and its threads). Small jobs render in-process
 because starting workers (each imports transformers) costs seconds.
 
