@@ -76,7 +76,9 @@ class CaptureRunner:
     # -- compiling -------------------------------------------------------------------------
 
     def precompile(self, shapes) -> None:
-        for shape in sorted(shapes, key=lambda s: -s[0] * s[1]):
+        # Longest first: the schedule dispatches its batches longest first, so the first batch's
+        # executable is the first one ready.
+        for shape in sorted(shapes, key=lambda s: (-s[1], -s[0])):
             self._executable_future(shape)
 
     def compile_now(self, shapes) -> float:
