@@ -91,16 +91,17 @@ def instrument_for_crash_tests(writer) -> None:
     def write_shard_then_die_midway(f, *args, **kwargs):
         return original_write_shard(_Tripwire(f), *args, **kwargs)
 
-    def instrumented(shard_rel, meta):
+    def instrumented(shard_rel, meta, chunks):
         store_writer.write_shard = write_shard_then_die_midway
         try:
-            result = publish(shard_rel, meta)
+            result = publish(shard_rel, meta, chunks)
         finally:
             store_writer.write_shard = original_write_shard
         crash_point("shard-written")
         return result
 
     writer._publish_shard = instrumented
+    writer.publish_threads = 0  # the crash points swap a module global: publish one shard at a time
 
 
 class _Tripwire:

@@ -21,7 +21,8 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +55,33 @@ from arclens.store.index import IndexEntry, committed_keys, read_metadata  # noq
 log = logging.getLogger(__name__)
 
 SAMPLE_FIELDS = ("key", "task_id", "test_index", "augmentation", "prompt_tokens")
+
+# Shards published at once in the background (ARCLENS_PUBLISH_THREADS; 0 = publish inline).
+# Serialising a shard is sha256 + memory copies + a write and fsync or an upload: one core's
+# worth of work per shard. Publishing in a small pool lets the next shard fill (and other shards
+# hash and upload) meanwhile, so the stage that feeds the writer is not held up by one shard.
+PUBLISH_THREADS_ENV = "ARCLENS_PUBLISH_THREADS"
+DEFAULT_PUBLISH_THREADS = 2
+
+
+def default_publish_threads() -> int:
+    raw = os.environ.get(PUBLISH_THREADS_ENV, "")
+    if raw == "":
+        return DEFAULT_PUBLISH_THREADS
+    if not raw.isdigit():
+        raise UserError(f"{PUBLISH_THREADS_ENV}={raw!r}: expected a whole number (0 publishes inline)")
+    return int(raw)
+
+
+@dataclass
+class _PendingShard:
+    """A full buffer on its way to the store: its own chunks, so the writer can fill the next."""
+
+    stem: str
+    chunks: dict[str, list[np.ndarray]]
+    samples: list[dict]
+    n_tokens: int
+    future: Future | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -134,6 +162,7 @@ class StoreWriter:
         storage_options: dict | None = None,
         max_samples_per_shard: int = MAX_SAMPLES_PER_SHARD,
         spool_dir: str | None = None,
+        publish_threads: int | None = None,
     ):
         self.dest = dest
         self.writer = check_writer_name(writer)
@@ -147,11 +176,17 @@ class StoreWriter:
         # re-serializing): ARCLENS_SPOOL_DIR or the system temp dir must hold one shard.
         self._spool_dir = spool_dir or os.environ.get("ARCLENS_SPOOL_DIR") or None
         self._resolve_settings(hooks, d_model, dtype)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the buffer; held while add() waits for the pool
+        self._commits_lock = threading.Lock()  # the commit list; taken by pool threads, never while waiting
         self._next_seq = self._first_free_seq()
         self._reset_buffer()
         self._keys_seen: set[str] = set()
         self.commits: list[Commit] = []
+        self.publish_threads = default_publish_threads() if publish_threads is None else int(publish_threads)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[_PendingShard] = []  # submitted, not yet known to be committed
+        self._failed: list[_PendingShard] = []  # publication failed; retried by the next flush()
+        self._error: BaseException | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -197,15 +232,17 @@ class StoreWriter:
         return self._n_tokens * self._bytes_per_token
 
     def add(self, sample_meta: dict, arrays: dict[str, np.ndarray]) -> Commit | None:
-        """Buffer one sample; returns the Commit when this add completed a shard. A sample is
-        never split across shards."""
+        """Buffer one sample. A sample is never split across shards. When this add fills a shard,
+        the shard is handed to the publishing pool (returns None) or, with ``publish_threads=0``,
+        published here (returns its Commit). A background failure is raised by the next call."""
+        self._raise_background_error()
         sample, cols = self._validate(sample_meta, arrays)
         n = sample["stored_tokens"]
         commit = None
         with self._lock:
             if self._samples and (self.buffered_bytes + n * self._bytes_per_token > self.shard_bytes
                                   or len(self._samples) >= self.max_samples):
-                commit = self.flush()
+                commit = self._rotate()
             row = len(self._samples)
             self._samples.append(sample)
             self._keys_seen.add(sample["key"])
@@ -214,7 +251,7 @@ class StoreWriter:
             self._chunks["sample"].append(np.full(n, row, dtype=np.int32))
             self._n_tokens += n
             if self.buffered_bytes >= self.shard_bytes:
-                commit = self.flush()
+                commit = self._rotate()
         return commit
 
     def _validate(self, sample_meta: dict, arrays: dict[str, np.ndarray]):
@@ -248,33 +285,100 @@ class StoreWriter:
     # -- committing ------------------------------------------------------------------------
 
     def flush(self) -> Commit | None:
-        """Write the buffered samples as one shard and commit it. Returns None when empty.
+        """Publish the buffered samples as one shard, wait until every shard handed to the pool is
+        committed, and return the last Commit (None when nothing was ever committed).
 
-        On failure nothing is committed and the buffer is kept, so a retry of ``flush`` (or the
-        next run, which re-extracts uncommitted samples) loses nothing."""
+        On failure nothing of the failed shard is committed and its samples are kept, so a retry
+        of ``flush`` (or the next run, which re-extracts uncommitted samples) loses nothing."""
         with self._lock:
-            if not self._samples:
-                return None
-            stem = self._claim_stem()
-            shard_rel, index_rel = shard_relpath(stem), index_relpath(stem)
-            meta = {"samples": json.dumps(self._samples, separators=(",", ":")),
-                    "format": FORMAT, "version": str(VERSION)}
-            t0 = time.perf_counter()
-            size, sha = self._publish_shard(shard_rel, meta)
-            keys = tuple(s["key"] for s in self._samples)
-            entry = IndexEntry(stem + ".json", shard_rel, sha, size, self._n_tokens, keys)
-            try:
-                fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()))
-            except FileExistsError:
-                raise RuntimeError(
-                    f"{self.dest}/{index_rel} already exists: another process uses writer name "
-                    f"{self.writer!r}; nothing of this shard was committed") from None
-            commit = Commit(index_rel, shard_rel, sha, size, self._n_tokens, keys)
-            log.info("committed %s: %d samples, %d tokens, %.1f MB in %.2fs", shard_rel, len(keys),
-                     self._n_tokens, size / 1e6, time.perf_counter() - t0)
+            retry, self._failed = self._failed, []
+            self._error = None
+            for i, job in enumerate(retry):
+                try:
+                    self._submit(job)
+                except BaseException:
+                    self._failed.extend(retry[i + 1:])  # untried: kept for the next flush
+                    raise
+            if self._samples:
+                self._submit(self._take_buffer())
+        self._wait_all()
+        self._raise_background_error()
+        with self._commits_lock:
+            return self.commits[-1] if self.commits else None
+
+    def _rotate(self) -> Commit | None:
+        job = self._take_buffer()
+        self._submit(job)
+        return self.commits[-1] if self.publish_threads == 0 and self.commits else None
+
+    def _take_buffer(self) -> _PendingShard:
+        job = _PendingShard(self._claim_stem(), self._chunks, self._samples, self._n_tokens)
+        self._reset_buffer()
+        return job
+
+    def _submit(self, job: _PendingShard) -> None:
+        if self.publish_threads <= 0:
+            self._commit(job)  # inline: errors propagate, the job is kept for a retry
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.publish_threads, thread_name_prefix="arclens-publish")
+        # Back-pressure: at most publish_threads shards in flight, so host memory stays bounded
+        # (each pending shard holds its buffers) and a slow store slows the feeder, never fills RAM.
+        while len(self._pending) >= self.publish_threads:
+            self._wait_one()
+        job.future = self._pool.submit(self._commit, job)
+        self._pending.append(job)
+
+    def _wait_one(self) -> None:
+        job = self._pending.pop(0)
+        try:
+            job.future.result()
+        except BaseException as err:  # noqa: BLE001 - kept and re-raised by the caller's next call
+            self._failed.append(job)
+            if self._error is None:
+                self._error = err
+
+    def _wait_all(self) -> None:
+        while self._pending:
+            self._wait_one()
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None and not self._pending:
+            err = self._error
+            raise err
+        if self._error is not None:
+            self._wait_all()
+            raise self._error
+
+    def _commit(self, job: _PendingShard) -> Commit:
+        """Write one shard, then create its index file: the commit. Runs in the pool."""
+        try:
+            return self._commit_inline(job)
+        except BaseException:
+            if self.publish_threads <= 0:
+                self._failed.append(job)
+            raise
+
+    def _commit_inline(self, job: _PendingShard) -> Commit:
+        shard_rel, index_rel = shard_relpath(job.stem), index_relpath(job.stem)
+        meta = {"samples": json.dumps(job.samples, separators=(",", ":")),
+                "format": FORMAT, "version": str(VERSION)}
+        t0 = time.perf_counter()
+        size, sha = self._publish_shard(shard_rel, meta, job.chunks)
+        keys = tuple(s["key"] for s in job.samples)
+        entry = IndexEntry(job.stem + ".json", shard_rel, sha, size, job.n_tokens, keys)
+        try:
+            fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()))
+        except FileExistsError:
+            raise RuntimeError(
+                f"{self.dest}/{index_rel} already exists: another process uses writer name "
+                f"{self.writer!r}; nothing of this shard was committed") from None
+        commit = Commit(index_rel, shard_rel, sha, size, job.n_tokens, keys)
+        log.info("committed %s: %d samples, %d tokens, %.1f MB in %.2fs", shard_rel, len(keys),
+                 job.n_tokens, size / 1e6, time.perf_counter() - t0)
+        with self._commits_lock:
             self.commits.append(commit)
-            self._reset_buffer()
-            return commit
+        return commit
 
     def _claim_stem(self) -> str:
         # Defensive against a name collision with another process: skip any seq already present.
@@ -286,7 +390,7 @@ class StoreWriter:
             if not taken:
                 return stem
 
-    def _publish_shard(self, shard_rel: str, meta: dict[str, str]) -> tuple[int, str]:
+    def _publish_shard(self, shard_rel: str, meta: dict[str, str], chunks: dict[str, list[np.ndarray]]) -> tuple[int, str]:
         final = fsx.join(self.root, shard_rel)
         if self._local:
             folder = os.path.dirname(final)
@@ -297,7 +401,7 @@ class StoreWriter:
         fd, tmp = tempfile.mkstemp(prefix=".spool-", suffix=".safetensors", dir=spool_dir)
         try:
             with os.fdopen(fd, "wb") as f:
-                size, sha = write_shard(f, self._chunks, self._dtypes, meta)
+                size, sha = write_shard(f, chunks, self._dtypes, meta)
                 f.flush()
                 os.fsync(f.fileno())
             if self._local:
@@ -310,16 +414,26 @@ class StoreWriter:
         return size, sha
 
     def close(self) -> Commit | None:
-        return self.flush()
+        try:
+            return self.flush()
+        finally:
+            if self._pool is not None and not self._failed:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # On an exception the buffer is dropped on purpose: those samples are not committed and a
-        # resumed run extracts them again.
+        # resumed run extracts them again. Shards already handed to the pool are still waited for:
+        # each commits whole or not at all.
         if exc_type is None:
             self.close()
+        else:
+            with self._lock:
+                self._reset_buffer()
+            self._wait_all()
 
 
 def file_sha256(path: str, chunk: int = 1 << 24) -> str:
