@@ -81,6 +81,7 @@ def test_metadata_follows_the_spec(job, tiny_model_dir):
     assert meta["positions"] == "all"
     assert meta["model"]["name"] == str(tiny_model_dir)
     assert meta["model"]["config"]["num_hidden_layers"] == 4 and meta["model"]["dtype"] == "float32"
+    assert meta["model"]["random_weights"] is True  # `arclens random-model` output stays labelled
     assert meta["prompt"]["predictions_per_task"] == 2 and meta["prompt"]["version"] == "output-from-examples-v1"
     assert meta["tasks"] == {"source": str(job["tasks"]), "count": 4}
     assert meta["created_at"] and meta["arclens_version"]
@@ -89,6 +90,9 @@ def test_metadata_follows_the_spec(job, tiny_model_dir):
 def test_several_shards_and_verify_passes(job, capsys):
     assert len(list((job["dest"] / "index").iterdir())) >= 3
     assert main(["verify", str(job["dest"])]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(job["dest"])]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().out
 
 
 def test_rerun_adds_nothing(job, tiny_model_dir, capsys):

@@ -18,6 +18,8 @@ Stages, each in its own thread, joined by bounded queues (overlap.py; design in 
 
 from __future__ import annotations
 
+import json
+
 import os
 import socket
 import sys
@@ -159,11 +161,21 @@ def validate(args, runtime) -> ExtractSettings:
     )
 
 
+def is_random_checkpoint(model_path) -> bool:
+    """True for a checkpoint written by `arclens random-model` (its config.json says so), so that a
+    store of random activations is labelled as such wherever it goes."""
+    try:
+        return bool(json.loads((Path(model_path) / "config.json").read_text()).get("arclens_random", False))
+    except (OSError, ValueError):
+        return False
+
+
 def store_metadata(s: ExtractSettings) -> dict:
     """SPEC.md section 3 metadata; ``format``, ``version``, ``created_at`` and ``arclens_version``
     are filled in by the store."""
     return {
-        "model": {"name": s.model_name, "config": s.config.to_json(), "dtype": s.dtype},
+        "model": {"name": s.model_name, "config": s.config.to_json(), "dtype": s.dtype,
+                  "random_weights": is_random_checkpoint(s.model_path)},
         "hooks": [h.name for h in s.hooks],
         "dtype": s.dtype,
         "d_model": s.config.d_model,

@@ -46,7 +46,9 @@ def inspect(args) -> int:
     model = meta.get("model", {})
     rows = [
         ("format", f"{meta['format']} v{meta['version']}"),
-        ("model", str(model.get("name", model) if isinstance(model, dict) else model)),
+        ("model", str(model.get("name", model) if isinstance(model, dict) else model)
+         + (" [bold red](RANDOM WEIGHTS: arclens random-model)[/]"
+            if isinstance(model, dict) and model.get("random_weights") else "")),
         ("hooks", ", ".join(store.hooks)),
         ("dtype / d_model", f"{meta['dtype']} / {store.d_model}"),
         ("positions", str(meta.get("positions"))),
