@@ -149,6 +149,27 @@ def test_rendering_in_a_process_pool_gives_the_same_store(job, tiny_model_dir, m
             np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
 
 
+def test_captures_placed_in_pinned_host_memory_give_the_same_store(job, tiny_model_dir, monkeypatch):
+    # ARCLENS_CAPTURE_MEMORY=pinned_host: XLA writes the captures into host memory itself. A
+    # throughput option for accelerators; on CPU it must at least change no stored byte.
+    monkeypatch.setenv("ARCLENS_CAPTURE_MEMORY", "pinned_host")
+    dest = job["root"] / "pinned"
+    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS)) == 0
+    got = stored(dest)
+    assert set(got) == set(job["stored"])
+    for key, (_, arrays) in got.items():
+        _, want = job["stored"][key]
+        for name, arr in want.items():
+            np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
+
+
+def test_an_unknown_capture_memory_is_a_user_error(job, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ARCLENS_CAPTURE_MEMORY", "hbm")
+    assert main(extract_args(tiny_model_dir, job["tasks"], job["root"] / "never", *OPTIONS)) == 2
+    assert "ARCLENS_CAPTURE_MEMORY" in capsys.readouterr().err
+    assert not (job["root"] / "never").exists()  # refused before anything was written
+
+
 def test_several_windows_give_the_same_store(job, tiny_model_dir):
     # Windows of ~5 samples: every window is scheduled on its own and reuses the first ladder.
     from arclens.cli import build_parser

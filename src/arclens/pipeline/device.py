@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,11 +26,28 @@ import numpy as np
 
 from arclens.distributed.runtime import global_batch, local_batch_rows, local_rows
 from arclens.distributed.sharding import logical_sharding
+from arclens.errors import UserError
 from arclens.model.config import QwenConfig
 from arclens.model.hooks import Hook
 from arclens.model.qwen import forward
 
 COMPILE_THREADS = 4
+
+# Where the jitted capture function leaves its outputs. "device" (default): on the accelerator,
+# then copied to numpy by the copy stage. "pinned_host": XLA writes them straight into pinned host
+# memory as part of the program (a DMA it schedules itself), so the copy stage only reads host
+# memory. Opt-in until measured on a GPU (docs/BENCHMARKS.md: the device-to-host copy is the
+# suspected limit there); a backend that cannot compile it falls back to "device", logged once.
+CAPTURE_MEMORY_ENV = "ARCLENS_CAPTURE_MEMORY"
+CAPTURE_MEMORY_KINDS = ("device", "pinned_host")
+log = logging.getLogger(__name__)
+
+
+def capture_memory_kind() -> str:
+    kind = os.environ.get(CAPTURE_MEMORY_ENV, "") or "device"
+    if kind not in CAPTURE_MEMORY_KINDS:
+        raise UserError(f"{CAPTURE_MEMORY_ENV}={kind!r}: expected one of {', '.join(CAPTURE_MEMORY_KINDS)}")
+    return kind
 
 
 class CaptureRunner:
@@ -48,6 +67,8 @@ class CaptureRunner:
                 out = {k: jnp.take_along_axis(v, last, axis=1) for k, v in out.items()}
             return {k: v.astype(self.store_dtype) for k, v in out.items()}
 
+        self._capture = capture
+        self.memory_kind = capture_memory_kind()
         self._jitted = jax.jit(capture, out_shardings=self._out_sharding)
         self._compiled: dict[tuple[int, int], Future] = {}
         self._lock = threading.Lock()
@@ -67,7 +88,9 @@ class CaptureRunner:
     @property
     def _out_sharding(self):
         # Sharded over the batch only, so each process reads back whole rows (local_rows).
-        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data", None, None))
+        kind = None if self.memory_kind == "device" else self.memory_kind
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data", None, None),
+                                          memory_kind=kind)
 
     def local_rows(self, shape: tuple[int, int]) -> slice:
         """The rows of a global batch of ``shape`` that this process feeds."""
@@ -100,11 +123,20 @@ class CaptureRunner:
     def _compile(self, shape: tuple[int, int]):
         tok_sh, len_sh = self._in_shardings(shape)
         t0 = time.perf_counter()
-        compiled = self._jitted.lower(
-            self.params,
-            jax.ShapeDtypeStruct(shape, jnp.int32, sharding=tok_sh),
-            jax.ShapeDtypeStruct((shape[0],), jnp.int32, sharding=len_sh),
-        ).compile()
+        args = (self.params, jax.ShapeDtypeStruct(shape, jnp.int32, sharding=tok_sh),
+                jax.ShapeDtypeStruct((shape[0],), jnp.int32, sharding=len_sh))
+        try:
+            compiled = self._jitted.lower(*args).compile()
+        except Exception as err:  # noqa: BLE001 - only the opt-in host placement may fail here
+            if self.memory_kind == "device":
+                raise
+            with self._lock:
+                if self.memory_kind != "device":
+                    log.warning("%s=%s does not compile on this backend (%s); captures stay in device "
+                                "memory", CAPTURE_MEMORY_ENV, self.memory_kind, str(err).splitlines()[0][:200])
+                    self.memory_kind = "device"
+                    self._jitted = jax.jit(self._capture, out_shardings=self._out_sharding)
+            compiled = self._jitted.lower(*args).compile()
         with self._lock:
             self.compile_seconds += time.perf_counter() - t0
         return compiled
@@ -127,8 +159,9 @@ class CaptureRunner:
         tokens = global_batch(tokens_local, tok_sh, shape)
         lengths = global_batch(lengths_local, len_sh, (shape[0],))
         out = executable(self.params, tokens, lengths)
-        for arr in out.values():
-            arr.copy_to_host_async()  # overlaps the transfer with the next batch's compute
+        if self.memory_kind == "device":
+            for arr in out.values():
+                arr.copy_to_host_async()  # overlaps the transfer with the next batch's compute
         return out
 
     @staticmethod

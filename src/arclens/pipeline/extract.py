@@ -124,6 +124,9 @@ def validate(args, runtime) -> ExtractSettings:
     from arclens.distributed.workers import worker_slot
 
     max_shapes()  # ARCLENS_MAX_SHAPES, checked before anything is written
+    from arclens.pipeline.device import capture_memory_kind
+
+    capture_memory_kind()  # ARCLENS_CAPTURE_MEMORY, likewise
 
     worker_slot(args)  # --worker-id/--num-workers/TPU_WORKER_ID: refuse bad combinations up front
     model_path = resolve_model(args.model)
