@@ -84,3 +84,24 @@ def test_pending_shards_never_exceed_the_pool(tmp_path):
     w.close()
     assert most[0] == 2  # the pool really publishes two shards at once, and never more
     assert committed_keys(dest) == set(keys(12))
+
+
+def test_commits_are_listed_in_shard_order_even_when_a_later_shard_finishes_first(tmp_path):
+    dest = str(tmp_path / "s")
+    open_or_create_store(dest, store_metadata())
+    w = StoreWriter(dest, "w0", shard_bytes=2000, publish_threads=3)
+    real = w._publish_shard
+    calls = [0]
+
+    def first_is_slow(shard_rel, meta, chunks):
+        calls[0] += 1
+        if calls[0] == 1:
+            time.sleep(0.3)  # the pool's other threads commit later shards meanwhile
+        return real(shard_rel, meta, chunks)
+
+    w._publish_shard = first_is_slow
+    for k in keys(10):
+        w.add(*sample(k))
+    w.close()
+    shards = [c.shard for c in w.commits]
+    assert len(shards) > 3 and shards == sorted(shards)

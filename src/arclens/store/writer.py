@@ -177,7 +177,7 @@ class StoreWriter:
         self._spool_dir = spool_dir or os.environ.get("ARCLENS_SPOOL_DIR") or None
         self._resolve_settings(hooks, d_model, dtype)
         self._lock = threading.RLock()  # the buffer; held while add() waits for the pool
-        self._commits_lock = threading.Lock()  # the commit list; taken by pool threads, never while waiting
+        self._commits_lock = threading.Lock()  # the commit list (read by other threads, e.g. progress)
         self._next_seq = self._first_free_seq()
         self._reset_buffer()
         self._keys_seen: set[str] = set()
@@ -318,7 +318,9 @@ class StoreWriter:
 
     def _submit(self, job: _PendingShard) -> None:
         if self.publish_threads <= 0:
-            self._commit(job)  # inline: errors propagate, the job is kept for a retry
+            commit = self._commit(job)  # inline: errors propagate, the job is kept for a retry
+            with self._commits_lock:
+                self.commits.append(commit)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.publish_threads, thread_name_prefix="arclens-publish")
@@ -330,13 +332,17 @@ class StoreWriter:
         self._pending.append(job)
 
     def _wait_one(self) -> None:
+        # First in, first out: ``commits`` lists shards in seq order whichever finished first.
         job = self._pending.pop(0)
         try:
-            job.future.result()
+            commit = job.future.result()
         except BaseException as err:  # noqa: BLE001 - kept and re-raised by the caller's next call
             self._failed.append(job)
             if self._error is None:
                 self._error = err
+            return
+        with self._commits_lock:
+            self.commits.append(commit)
 
     def _wait_all(self) -> None:
         while self._pending:
@@ -376,8 +382,6 @@ class StoreWriter:
         commit = Commit(index_rel, shard_rel, sha, size, job.n_tokens, keys)
         log.info("committed %s: %d samples, %d tokens, %.1f MB in %.2fs", shard_rel, len(keys),
                  job.n_tokens, size / 1e6, time.perf_counter() - t0)
-        with self._commits_lock:
-            self.commits.append(commit)
         return commit
 
     def _claim_stem(self) -> str:
