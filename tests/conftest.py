@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# No persistent XLA cache shared between tests (and their subprocesses); test_compile_cache.py
+# turns it on in a folder of its own.
+os.environ.setdefault("ARCLENS_COMPILE_CACHE", "off")
 
 import pytest
 

@@ -198,6 +198,9 @@ def main(args) -> int:
     t0 = time.perf_counter()
     runtime = initialize(args)
     settings = validate(args, runtime)
+    from arclens.pipeline.compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # a resumed or preempted run loads its compiled shapes instead of compiling
     from arclens.distributed.workers import is_worker_run
 
     if is_worker_run(args):  # independent preemptible workers sharing the store (distributed/workers.py)

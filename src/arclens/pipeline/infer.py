@@ -281,6 +281,9 @@ def validate(args) -> InferSettings:
 def main(args) -> int:
     t0 = time.perf_counter()
     settings = validate(args)
+    from arclens.pipeline.compile_cache import enable_compile_cache
+
+    enable_compile_cache()
     summary = infer(settings)
     summary.wall_s = time.perf_counter() - t0
     for line in summary.lines():
