@@ -19,7 +19,6 @@ Stages, each in its own thread, joined by bounded queues (overlap.py; design in 
 from __future__ import annotations
 
 import json
-
 import os
 import socket
 import sys
