@@ -127,7 +127,7 @@ class CaptureRunner:
                 jax.ShapeDtypeStruct((shape[0],), jnp.int32, sharding=len_sh))
         try:
             compiled = self._jitted.lower(*args).compile()
-        except Exception as err:  # noqa: BLE001 - only the opt-in host placement may fail here
+        except Exception as err:
             if self.memory_kind == "device":
                 raise
             with self._lock:

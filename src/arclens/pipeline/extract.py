@@ -24,8 +24,8 @@ import socket
 import sys
 import time
 from collections import deque
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
