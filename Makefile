@@ -28,6 +28,7 @@ demo: install
 	$(VENV)/bin/arclens inspect $(DEMO)/store
 
 test: install
+	$(VENV)/bin/ruff check src tests benchmarks deploy
 	$(PY) -m pytest -q
 
 lint: install
