@@ -318,7 +318,11 @@ class StoreWriter:
 
     def _submit(self, job: _PendingShard) -> None:
         if self.publish_threads <= 0:
-            commit = self._commit(job)  # inline: errors propagate, the job is kept for a retry
+            try:
+                commit = self._commit(job)
+            except BaseException:
+                self._failed.append(job)  # inline: the error propagates, the job is kept for a retry
+                raise
             with self._commits_lock:
                 self.commits.append(commit)
             return
@@ -349,23 +353,12 @@ class StoreWriter:
             self._wait_one()
 
     def _raise_background_error(self) -> None:
-        if self._error is not None and not self._pending:
-            err = self._error
-            raise err
         if self._error is not None:
-            self._wait_all()
+            self._wait_all()  # every shard in flight ends committed or kept for the retry
             raise self._error
 
     def _commit(self, job: _PendingShard) -> Commit:
-        """Write one shard, then create its index file: the commit. Runs in the pool."""
-        try:
-            return self._commit_inline(job)
-        except BaseException:
-            if self.publish_threads <= 0:
-                self._failed.append(job)
-            raise
-
-    def _commit_inline(self, job: _PendingShard) -> Commit:
+        """Write one shard, then create its index file: the commit. Runs in the pool (or inline)."""
         shard_rel, index_rel = shard_relpath(job.stem), index_relpath(job.stem)
         meta = {"samples": json.dumps(job.samples, separators=(",", ":")),
                 "format": FORMAT, "version": str(VERSION)}
