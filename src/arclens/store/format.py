@@ -62,6 +62,15 @@ MAX_HEADER_BYTES = 100_000_000
 # Fields that legitimately differ between the run that created a store and one resuming it.
 VOLATILE_METADATA_FIELDS = ("created_at", "arclens_version")
 
+# Sections that a content fingerprint identifies better than the spelling they were given under
+# (section -> its spelling field). When both sides carry comparable ``fingerprint``s (same scheme),
+# the spelling is not compared: ``--model .demo/m`` resumes a store made with ``--model
+# /abs/.demo/m``, a hub id resumes one made with its snapshot directory, ``--tasks ./x.json`` one
+# made with ``--tasks /abs/x.json``. When either side lacks one (a store made before fingerprints),
+# the spelling is compared as before and the fingerprint is not. docs/STORE.md, "Resume".
+FINGERPRINTED_SECTIONS = {"model": "name", "tasks": "source"}
+FINGERPRINT_FIELD = "fingerprint"
+
 _WRITER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SEQ_RE = re.compile(r"^(\d{6,})$")
 
@@ -110,7 +119,11 @@ def seq_of(name: str, writer: str) -> int | None:
 
 
 def metadata_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields where two metadata dicts differ (volatile fields skipped)."""
+    """Dotted names of the fields where two metadata dicts differ (volatile fields skipped; a
+    fingerprinted section compared by its fingerprint, not its spelling, see
+    ``FINGERPRINTED_SECTIONS``)."""
+    if not prefix:
+        old, new = _identity_views(old, new)
     diffs = []
     for k in sorted(set(old) | set(new)):
         if not prefix and k in VOLATILE_METADATA_FIELDS:
@@ -125,6 +138,37 @@ def metadata_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def fingerprint_scheme(fingerprint) -> str | None:
+    """``"scheme"`` of a ``"scheme:hex"`` fingerprint; None for anything else (absent, malformed)."""
+    if isinstance(fingerprint, str) and ":" in fingerprint:
+        scheme, _, value = fingerprint.partition(":")
+        if scheme and value:
+            return scheme
+    return None
+
+
+def fingerprints_comparable(a, b) -> bool:
+    """Both are fingerprints of the same scheme (another scheme may hash other things)."""
+    scheme = fingerprint_scheme(a)
+    return scheme is not None and scheme == fingerprint_scheme(b)
+
+
+def _identity_views(old: dict, new: dict) -> tuple[dict, dict]:
+    """Copies of two metadata dicts with, per fingerprinted section, either the spelling field
+    (both sides fingerprinted alike) or the fingerprint field (otherwise) left out."""
+    old, new = dict(old), dict(new)
+    for section, spelling in FINGERPRINTED_SECTIONS.items():
+        a, b = old.get(section), new.get(section)
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            continue
+        a, b = dict(a), dict(b)
+        drop = spelling if fingerprints_comparable(a.get(FINGERPRINT_FIELD), b.get(FINGERPRINT_FIELD)) else FINGERPRINT_FIELD
+        a.pop(drop, None)
+        b.pop(drop, None)
+        old[section], new[section] = a, b
+    return old, new
+
+
 def _normalise(x):
     # JSON round trip: tuples vs lists and int vs float 1.0 must not count as differences.
     return json.loads(json.dumps(x, sort_keys=True))
@@ -136,9 +180,38 @@ def describe_difference(old: dict, new: dict, field: str) -> str:
             if not isinstance(d, dict) or part not in d:
                 return "<absent>"
             d = d[part]
-        return json.dumps(d)[:80]
+        return json.dumps(_short(d) if part == FINGERPRINT_FIELD else d)[:80]
 
     return f"{field}: store has {get(old)}, this run has {get(new)}"
+
+
+def _short(fingerprint):
+    # scheme and 12 hex digits: enough to tell two apart in a one-line message
+    scheme = fingerprint_scheme(fingerprint)
+    return f"{scheme}:{fingerprint.partition(':')[2][:12]}" if scheme else fingerprint
+
+
+def describe_differences(old: dict, new: dict, diffs: list[str], dest: str) -> str:
+    """The one-line refusal for a resume into ``dest`` whose settings differ in ``diffs``
+    (``metadata_differences(old, new)``, non-empty). Other weights get a message of their own:
+    that is the mistake that would silently mix two models' activations into one store."""
+    others = [d for d in diffs if not d.startswith("model.")]
+    also = f" Other settings differ too: {', '.join(others)}." if others else ""
+    if f"model.{FINGERPRINT_FIELD}" in diffs:
+        m_old, m_new = old.get("model") or {}, new.get("model") or {}
+        was, now = m_old.get("name"), m_new.get("name")
+        fp_old, fp_new = _short(m_old.get(FINGERPRINT_FIELD)), _short(m_new.get(FINGERPRINT_FIELD))
+        if was == now:
+            what = (f"the weights at {now} changed since this store was created (weights fingerprint "
+                    f"{fp_old} then, {fp_new} now)")
+        else:
+            what = (f"this store was created with the model {was} (weights fingerprint {fp_old}), and "
+                    f"{now} holds other weights ({fp_new})")
+        return (f"{dest}: {what}; resuming would mix activations of two models. Use another --out, or "
+                f"the original weights to resume.{also}")
+    details = "; ".join(describe_difference(old, new, d) for d in diffs[:6])
+    return (f"{dest} already holds a store with other settings ({', '.join(diffs)}): {details}. "
+            "Use another --out, or the original settings to resume.")
 
 
 def check_metadata(meta: dict, where: str) -> None:

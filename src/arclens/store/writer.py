@@ -41,7 +41,7 @@ from arclens.store.format import (
     activation_dtype,
     check_metadata,
     check_writer_name,
-    describe_difference,
+    describe_differences,
     encode_json,
     index_relpath,
     metadata_differences,
@@ -95,7 +95,8 @@ class StoreHandle:
 def open_or_create_store(dest: str, metadata: dict, storage_options: dict | None = None) -> StoreHandle:
     """Create the store with ``metadata`` (``format``, ``version``, ``created_at`` and
     ``arclens_version`` are filled in when absent), or open an existing one whose settings equal
-    ``metadata``; otherwise UserError naming every differing field."""
+    ``metadata`` (``model`` and ``tasks`` compared by their fingerprints where both stores have
+    one: ``format.metadata_differences``); otherwise UserError naming every differing field."""
     meta = {"format": FORMAT, "version": VERSION, **metadata}
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta.setdefault("arclens_version", __version__)
@@ -119,11 +120,9 @@ def open_or_create_store(dest: str, metadata: dict, storage_options: dict | None
     existing = read_metadata(fs, root, dest)
     diffs = metadata_differences(existing, meta)
     if diffs:
-        details = "; ".join(describe_difference(existing, meta, d) for d in diffs[:6])
-        raise UserError(
-            f"{dest} already holds a store with other settings ({', '.join(diffs)}): {details}. "
-            "Use another --out, or the original settings to resume."
-        )
+        raise UserError(describe_differences(existing, meta, diffs, dest))
+    # The existing metadata stays as it was (create-only): a model or task set given under another
+    # spelling but with the same fingerprint resumes under the store's original name.
     return StoreHandle(dest, fs, root, existing)
 
 
