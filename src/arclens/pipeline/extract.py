@@ -18,6 +18,7 @@ Stages, each in its own thread, joined by bounded queues (overlap.py; design in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -65,6 +66,7 @@ class ExtractSettings:
     dest: str
     writer_name: str
     mesh_spec: str | None
+    model_fingerprint: str | None = None  # model/fingerprint.py; None only for hand-made settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +132,9 @@ def validate(args, runtime) -> ExtractSettings:
     worker_slot(args)  # --worker-id/--num-workers/TPU_WORKER_ID: refuse bad combinations up front
     model_path = resolve_model(args.model)
     config = QwenConfig.from_pretrained(model_path)
+    from arclens.model.fingerprint import weights_fingerprint
+
+    fingerprint = weights_fingerprint(model_path)  # the store's resume check compares by it
     hooks = select_hooks(args, config.n_layers)
     prompt = PromptConfig.from_args(args)
     prompt.validate()
@@ -160,6 +165,7 @@ def validate(args, runtime) -> ExtractSettings:
         dest=args.out,
         writer_name=writer,
         mesh_spec=args.mesh,
+        model_fingerprint=fingerprint,
     )
 
 
@@ -172,18 +178,42 @@ def is_random_checkpoint(model_path) -> bool:
         return False
 
 
+TASKS_FINGERPRINT_SCHEME = "tasks-sha256-v1"
+
+
+def tasks_fingerprint(tasks, with_answer: bool) -> str:
+    """``"tasks-sha256-v1:<hex>"`` of what the prompts are rendered from: every task's id, train
+    pairs and test inputs, in id order, plus the test outputs when the prompts show them
+    (``--with-answer``). A sample key names only (task id, test index, augmentation index), so this
+    is what tells a resume that ``--tasks ./x.json`` and ``--tasks /abs/x.json`` (or a copy) hold the
+    same tasks, and that an edited file under the same name does not. Test outputs a prompt never
+    shows (``--solutions`` without ``--with-answer``) change nothing extracted, so they are left out."""
+    digest = hashlib.sha256(TASKS_FINGERPRINT_SCHEME.encode() + b"\0")
+    for t in sorted(tasks, key=lambda t: t.task_id):
+        test = [e.to_json() if with_answer else {"input": e.to_json()["input"]} for e in t.test]
+        item = {"id": t.task_id, "train": [e.to_json() for e in t.train], "test": test}
+        digest.update(json.dumps(item, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    return f"{TASKS_FINGERPRINT_SCHEME}:{digest.hexdigest()}"
+
+
 def store_metadata(s: ExtractSettings) -> dict:
     """SPEC.md section 3 metadata; ``format``, ``version``, ``created_at`` and ``arclens_version``
-    are filled in by the store."""
+    are filled in by the store. ``model.fingerprint`` and ``tasks.fingerprint`` are extensions of
+    the SPEC's fields: a resume compares the model and the tasks by them rather than by how
+    ``--model`` and ``--tasks`` were spelled (store/format.py ``FINGERPRINTED_SECTIONS``)."""
+    model = {"name": s.model_name, "config": s.config.to_json(), "dtype": s.dtype,
+             "random_weights": is_random_checkpoint(s.model_path)}
+    if s.model_fingerprint is not None:
+        model["fingerprint"] = s.model_fingerprint
     return {
-        "model": {"name": s.model_name, "config": s.config.to_json(), "dtype": s.dtype,
-                  "random_weights": is_random_checkpoint(s.model_path)},
+        "model": model,
         "hooks": [h.name for h in s.hooks],
         "dtype": s.dtype,
         "d_model": s.config.d_model,
         "positions": s.positions,
         "prompt": s.prompt.to_json(),
-        "tasks": {"source": s.tasks_source, "count": len(s.tasks)},
+        "tasks": {"source": s.tasks_source, "count": len(s.tasks),
+                  "fingerprint": tasks_fingerprint(s.tasks, s.prompt.with_answer)},
     }
 
 
