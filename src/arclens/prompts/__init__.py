@@ -7,7 +7,7 @@ See docs/PROMPTS.md for what is faithful to arc24 and how it is checked.
 from arclens.prompts.augmentation import Augmentation, plan_augmentations, task_seed
 from arclens.prompts.encoders import GridEncoder, GridParseError
 from arclens.prompts.expression import create_grid_encoder
-from arclens.prompts.output import Prediction, parse_grid, validate_grid, vote
+from arclens.prompts.output import Prediction, output_token_roles, parse_grid, validate_grid, vote
 from arclens.prompts.render import (
     DEFAULT_ENCODER,
     DEFAULT_PROMPT_VERSION,
@@ -31,6 +31,7 @@ __all__ = [
     "Sample",
     "create_grid_encoder",
     "load_tokenizer",
+    "output_token_roles",
     "parse_grid",
     "plan_augmentations",
     "render_samples",

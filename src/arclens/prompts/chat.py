@@ -48,6 +48,13 @@ def grid_numbers(n_train: int) -> dict[str, int]:
     return {"test_input": 2 * n_train, "test_output": 2 * n_train + 1}
 
 
+def answer_grid_number(version: PromptVersion, n_train: int) -> int:
+    """The number of the answer grid: the grid a training prompt (--with-answer) appends, which is
+    the test output, or the test input for input-from-inputs-v0. A generated answer's cells carry
+    the number the same grid has at the same place of a training prompt."""
+    return grid_numbers(n_train)[f"test_{version.answer_grid}"]
+
+
 def remove_assistant_ending(text: str, tokenizer_name: str = "tokenizer") -> str:
     """Cut at the last end-of-turn marker, as arc24 does (arc24 fails obscurely on unknown ones)."""
     for marker in END_OF_TURN_MARKERS:
@@ -82,7 +89,7 @@ def render_skeleton(tokenizer, version: PromptVersion, n_train: int, with_answer
     numbers = grid_numbers(n_train)
     train_samples = [{"input": placeholder(2 * i), "output": placeholder(2 * i + 1)} for i in range(n_train)]
     test_input = placeholder(numbers["test_input"])
-    output = placeholder(numbers[f"test_{version.answer_grid}"]) if with_answer else INFERENCE_ANSWER
+    output = placeholder(answer_grid_number(version, n_train)) if with_answer else INFERENCE_ANSWER
     text = _chat_text(tokenizer, version, train_samples, test_input, output, with_answer)
     pieces = _PLACEHOLDER.split(text)
     texts, slots = tuple(pieces[0::2]), tuple(int(p) for p in pieces[1::2])
@@ -107,7 +114,7 @@ def check_against_direct_render(
     ]
     test_input = grid_texts.get(2 * n, "")
     if skeleton.with_answer:
-        output = grid_texts[grid_numbers(n)[f"test_{version.answer_grid}"]]
+        output = grid_texts[answer_grid_number(version, n)]
     else:
         output = INFERENCE_ANSWER
     if _chat_text(tokenizer, version, train_samples, test_input, output, skeleton.with_answer) != text:

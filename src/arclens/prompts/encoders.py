@@ -8,6 +8,11 @@ that into "no grid".
 Beyond arc24, every encoder also reports *where* each cell lands in its text (`render`): one
 `[start, end)` character span per cell, row-major. Token roles (roles.py) are derived from these
 spans and the tokenizer's offsets, never by guessing from the text.
+
+The way back is one reading per encoder (`_read`): which lines of a text are grid lines and how a
+line splits into cells, with every cell's character span kept. `to_grid` is that reading, strict
+(arc24's rules, which fail on any malformed text); `locate_cells` is the same reading, lenient,
+for the cells a model actually wrote (token roles of generated text, roles.py `text_cells`).
 """
 
 from __future__ import annotations
@@ -45,14 +50,121 @@ def _to_int(token: str) -> int:
         raise GridParseError(f"not a number: {token!r}") from None
 
 
+def _colour(token: str, strict: bool) -> int | None:
+    """The colour a cell's text reads as: arc24's int() (strict: raises, range checked later by
+    `_check_rectangular`), or None where that is not a colour 0-9 (lenient)."""
+    if strict:
+        return _to_int(token)
+    try:
+        value = int(token)
+    except ValueError:
+        return None
+    return value if 0 <= value <= 9 else None
+
+
+class _Chars:
+    """A piece of text and, for each of its characters, its offset in the text it was cut from
+    (-1 for characters a reader put there itself: the line breaks it joins lines with). The string
+    methods are Python's own, applied to both, so a reading keeps every cell's position."""
+
+    __slots__ = ("pos", "s")
+
+    def __init__(self, s: str, pos):
+        self.s, self.pos = s, pos
+
+    @classmethod
+    def of(cls, text: str) -> _Chars:
+        return cls(text, range(len(text)))
+
+    @classmethod
+    def new(cls, s: str) -> _Chars:
+        return cls(s, [-1] * len(s))
+
+    def __getitem__(self, sl: slice) -> _Chars:
+        return _Chars(self.s[sl], self.pos[sl])
+
+    def __len__(self) -> int:
+        return len(self.s)
+
+    def strip(self) -> _Chars:
+        start = len(self.s) - len(self.s.lstrip())
+        return self[start : max(start, len(self.s.rstrip()))]
+
+    def splitlines(self) -> list[_Chars]:
+        out, start = [], 0
+        for piece in self.s.splitlines(keepends=True):
+            out.append(self[start : start + len(piece.splitlines()[0])])
+            start += len(piece)
+        return out
+
+    def split(self, sep: str, maxsplit: int = -1) -> list[_Chars]:
+        out, start = [], 0
+        for part in self.s.split(sep, maxsplit):
+            out.append(self[start : start + len(part)])
+            start += len(part) + len(sep)
+        return out
+
+    def translate(self, table: dict) -> _Chars:
+        """Only for one-character-for-one-character tables (positions do not move)."""
+        return _Chars(self.s.translate(table), self.pos)
+
+    @staticmethod
+    def concat(parts: list[_Chars]) -> _Chars:
+        return _Chars("".join(p.s for p in parts), [i for p in parts for i in p.pos])
+
+    def span(self) -> tuple[int, int]:
+        """[start, end) in the original text; cells are always contiguous there (one line)."""
+        return self.pos[0], self.pos[-1] + 1
+
+
+# A reading of a text: per grid line, per cell slot, (the slot's characters, its colour or None).
+Reading = list[list[tuple[_Chars, int | None]]]
+
+
 class GridEncoder(ABC):
     """Base class. `expression` is the arc24 spelling, e.g. "GridCodeBlockEncoder(MinimalGridEncoder())"."""
 
     @abstractmethod
     def to_text(self, grid: Grid) -> str: ...
 
+    def to_grid(self, text: str) -> Grid:
+        """The grid in `text`, read as arc24 reads it; GridParseError for anything malformed."""
+        return _check_rectangular([tuple(v for _, v in line) for line in self._read(_Chars.of(text), True)])
+
     @abstractmethod
-    def to_grid(self, text: str) -> Grid: ...
+    def _read(self, text: _Chars, strict: bool) -> Reading:
+        """The grid lines of `text` and their cell slots, as `to_grid` reads them. Strict: raise
+        GridParseError where arc24 fails. Lenient: never raise; a part arc24 cannot read (no code
+        block, a line without a row number) holds no cells, a slot that is no colour 0-9 is None."""
+
+    def locate_cells(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The cells written in any text, as this encoder reads it, even ragged or cut short:
+        (int64 [m, 2] character spans, int16 [m] row, int16 [m] col, int8 [m] colour).
+
+        A cell is a slot of a grid line (as `to_grid` splits lines into slots) that reads as a
+        colour 0-9. Its column is the slot's index in its line, so a slot that is no colour keeps
+        its place; its row counts the grid lines that hold at least one cell, so a line without
+        any (a blank line, prose) is not a row. Rows may have different lengths. On any text that
+        `to_grid` reads, these are exactly its cells, and on `to_text(g)` exactly `render(g)`'s
+        spans in row-major order (the tests check both)."""
+        spans, rows, cols, colours = [], [], [], []
+        row = 0
+        for line in self._read(_Chars.of(text), False):
+            found = False
+            for col, (chars, value) in enumerate(line):
+                if value is not None:
+                    spans.append(chars.span())
+                    rows.append(row)
+                    cols.append(col)
+                    colours.append(value)
+                    found = True
+            row += found
+        return (
+            np.asarray(spans, np.int64).reshape(-1, 2),
+            np.asarray(rows, np.int16),
+            np.asarray(cols, np.int16),
+            np.asarray(colours, np.int8),
+        )
 
     @abstractmethod
     def render(self, grid: Grid) -> tuple[str, np.ndarray]:
@@ -105,8 +217,11 @@ class MinimalGridEncoder(GridEncoder):
         h, w = len(grid), len(grid[0])
         return self.to_text(grid), _row_major_spans(h, w, w + 1, 1, 1)
 
-    def to_grid(self, text):
-        return _check_rectangular([tuple(_to_int(x) for x in line) for line in text.strip().splitlines()])
+    def _read(self, text, strict):
+        return [
+            [(line[i : i + 1], _colour(c, strict)) for i, c in enumerate(line.s)]
+            for line in text.strip().splitlines()
+        ]
 
     @property
     def expression(self):
@@ -136,11 +251,12 @@ class GridWithSeparationEncoder(GridEncoder):
         s = len(self.split_symbol)
         return self.to_text(grid), _row_major_spans(h, w, w + (w - 1) * s + 1, 1 + s, 1)
 
-    def to_grid(self, text):
-        lines = text.strip().splitlines()
-        return _check_rectangular(
-            [tuple(_to_int(x) for x in line.split(self.split_symbol)) for line in lines]
-        )
+    def _read(self, text, strict):
+        # int() reads " 3" as 3: the cell is the slot without the spaces around it
+        return [
+            [(x.strip(), _colour(x.s, strict)) for x in line.split(self.split_symbol)]
+            for line in text.strip().splitlines()
+        ]
 
     @property
     def expression(self):
@@ -162,10 +278,14 @@ class RepeatNumberEncoder(GridEncoder):
         h, w = len(grid), len(grid[0])
         return self.to_text(grid), _row_major_spans(h, w, w * self.n + 1, self.n, self.n)
 
-    def to_grid(self, text):
-        # As arc24: every n-th character, without checking the repeats agree.
-        lines = text.strip().splitlines()
-        return _check_rectangular([tuple(_to_int(x) for x in line[:: self.n]) for line in lines])
+    def _read(self, text, strict):
+        # As arc24: every n-th character, without checking the repeats agree. The cell is its
+        # n characters (the last one of a line may be cut short), as `render` reports it.
+        n = self.n
+        return [
+            [(line[i : i + n], _colour(c, strict)) for i, c in zip(range(0, len(line), n), line.s[::n])]
+            for line in text.strip().splitlines()
+        ]
 
     @property
     def chars_per_cell(self):
@@ -201,11 +321,13 @@ class GridCodeBlockEncoder(_Wrapper):
         text, spans = self.encoder.render(grid)
         return f"```grid\n{text}\n```", spans + len("```grid\n")
 
-    def to_grid(self, text):
-        parts = text.split("```grid\n")
+    def _read(self, text, strict):
+        parts = text.split("```grid\n", 2)  # as arc24's split: the text up to a second block
         if len(parts) < 2:
-            raise GridParseError("no ```grid code block")
-        return self.encoder.to_grid(parts[1].split("\n```")[0])
+            if strict:
+                raise GridParseError("no ```grid code block")
+            return []
+        return self.encoder._read(parts[1].split("\n```", 1)[0], strict)
 
 
 class GridShapeEncoder(_Wrapper):
@@ -222,17 +344,19 @@ class GridShapeEncoder(_Wrapper):
         header = self._header(grid)
         return f"{header}{text}\n```", spans + len(header)
 
-    def to_grid(self, text):
+    def _read(self, text, strict):
         # arc24 reads the lines after the header up to the closing fence; the shape is not checked.
         grid_lines, inside = [], False
         for line in text.splitlines():
-            if line.startswith("```grid shape:"):
+            if line.s.startswith("```grid shape:"):
                 inside = True
             elif inside:
-                if line.startswith("```"):
+                if line.s.startswith("```"):
                     break
+                if grid_lines:
+                    grid_lines.append(_Chars.new("\n"))
                 grid_lines.append(line)
-        return self.encoder.to_grid("\n".join(grid_lines))
+        return self.encoder._read(_Chars.concat(grid_lines), strict)
 
 
 class RowNumberEncoder(_Wrapper):
@@ -260,14 +384,16 @@ class RowNumberEncoder(_Wrapper):
             raise AssertionError("a cell fell outside RowNumberEncoder's stripped text")
         return text, new_spans
 
-    def to_grid(self, text):
+    def _read(self, text, strict):
         stripped = []
         for line in text.splitlines():
             parts = line.split(" ", 1)
             if len(parts) < 2:
-                raise GridParseError(f"line without a row number: {line!r}")
-            stripped.append(parts[1] + "\n")
-        return self.encoder.to_grid("".join(stripped))
+                if strict:
+                    raise GridParseError(f"line without a row number: {line.s!r}")
+                continue  # nothing of this line is read as cells
+            stripped += [parts[1], _Chars.new("\n")]
+        return self.encoder._read(_Chars.concat(stripped), strict)
 
 
 class ReplaceNumberEncoder(_Wrapper):
@@ -286,8 +412,8 @@ class ReplaceNumberEncoder(_Wrapper):
         text, spans = self.encoder.render(grid)
         return text.translate(self._encode), spans
 
-    def to_grid(self, text):
-        return self.encoder.to_grid(text.translate(self._decode))
+    def _read(self, text, strict):
+        return self.encoder._read(text.translate(self._decode), strict)
 
 
 ENCODER_CLASSES: dict[str, type[GridEncoder]] = {

@@ -5,6 +5,9 @@ arc24 (scripts/inference.py, scripts/voting.py) parses each response with
 then votes per test input: identical grids are grouped, ranked by (number of votes, mean over the
 group of each prediction's mean token log-probability), and the top two become attempt_1 and
 attempt_2.
+
+`output_token_roles` gives the generated tokens the grid roles prompt tokens have (roles.py), for
+`arclens infer --hooks`: the answer is read as `parse_grid` reads it, leniently.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from arclens.data.tasks import Grid
+from arclens.prompts.chat import INFERENCE_ANSWER
 from arclens.prompts.encoders import GridEncoder, GridParseError
 from arclens.prompts.expression import create_grid_encoder
+from arclens.prompts.roles import text_cells, token_roles
 
 MAX_GRID_SIDE = 30  # ARC's limit (SPEC.md section 1)
 
@@ -50,9 +55,59 @@ def parse_grid(text: str, encoder: GridEncoder | str) -> Grid | None:
     if not isinstance(text, str):
         return None
     try:
-        return validate_grid(encoder.to_grid("```grid" + text))
+        return validate_grid(encoder.to_grid(INFERENCE_ANSWER + text))
     except (GridParseError, ValueError, IndexError):
         return None
+
+
+def decode_with_offsets(tokenizer, token_ids) -> tuple[str, np.ndarray]:
+    """(text, int64 [n, 2] character span of each token in it) for generated ids.
+
+    The text is `tokenizer.decode(ids, skip_special_tokens=True)`, what infer records; special
+    tokens are empty spans. A token that holds only part of a character's bytes (byte-level BPE
+    splits rare characters) has that character's span, as the tokenizer's offsets give it for the
+    same text in a prompt; the tests check the spans against those offsets."""
+    ids = [int(i) for i in token_ids]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    pieces = tokenizer.backend_tokenizer.decode_batch([[i] for i in ids], skip_special_tokens=True)
+    if "".join(pieces) == text:  # every token decodes to whole characters on its own
+        ends = np.cumsum([len(p) for p in pieces], dtype=np.int64).reshape(len(ids))
+    else:  # token k ends where the text decoded through it stops agreeing with the whole text
+        ends, end = np.zeros(len(ids), np.int64), 0
+        for k in range(len(ids)):
+            end = max(end, _agreement(tokenizer.decode(ids[: k + 1], skip_special_tokens=True), text, end))
+            ends[k] = end
+    starts = np.zeros_like(ends)
+    starts[1:] = ends[:-1]
+    # a piece of a character adds no whole character: give it the one it is part of, the next
+    partial = (starts == ends) & np.array([p != "" for p in pieces], bool) & (ends < len(text))
+    ends = np.where(partial, ends + 1, ends)
+    return text, np.stack([starts, ends], axis=1).reshape(len(ids), 2)
+
+
+def _agreement(a: str, b: str, known: int) -> int:
+    """The length of the common prefix of a and b (at least `known` when they agree that far)."""
+    i = known if a[:known] == b[:known] else 0
+    m = min(len(a), len(b))
+    while i < m and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def output_token_roles(
+    tokenizer, token_ids, encoder: GridEncoder | str, grid_number: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grid, row, col) int16 [n] for the tokens a model generated after an inference prompt.
+
+    The answer is read as `parse_grid` reads it ("```grid" + the decoded text) with the encoder's
+    lenient reading (encoders.py `locate_cells`: its cells, ragged or cut short included), and
+    each token gets its role by the rule of prompt tokens (roles.py `token_roles`): a token inside
+    one cell's span is that cell of grid `grid_number`, anything else is -1."""
+    if isinstance(encoder, str):
+        encoder = create_grid_encoder(encoder)
+    text, offsets = decode_with_offsets(tokenizer, token_ids)
+    cells = text_cells(encoder, INFERENCE_ANSWER + text, grid_number, offset=-len(INFERENCE_ANSWER))
+    return token_roles(offsets, cells)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ inside that one cell's span. With Qwen's tokenizer every digit is its own token,
 that print one character per cell each cell is exactly one token. For `RepeatNumberEncoder(n)`
 each of the n tokens of a cell gets that cell; a token that covers several cells, or a cell and
 something else (possible when BPE merges ReplaceNumberEncoder's letters), is -1.
+
+Text that is not a rendering of a grid (what a model generated) has no `render`; its cells are
+the ones the encoder's own reading finds (encoders.py `locate_cells`, `text_cells` here), which on
+a rendered grid are exactly `render`'s, and tokens get their roles by the same `token_roles`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from arclens.prompts.encoders import GridEncoder
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,12 @@ def token_roles(offsets: np.ndarray, cells: Cells) -> tuple[np.ndarray, np.ndarr
     row[inside] = cells.row[safe[inside]]
     col[inside] = cells.col[safe[inside]]
     return grid, row, col
+
+
+def text_cells(encoder: GridEncoder, text: str, grid_number: int, offset: int = 0) -> Cells:
+    """The cells `encoder` reads in any `text` (encoders.py `locate_cells`: ragged or cut short
+    included), all numbered `grid_number`, at character offsets shifted by `offset`."""
+    spans, rows, cols, _ = encoder.locate_cells(text)
+    return Cells(
+        spans[:, 0] + offset, spans[:, 1] + offset, np.full(len(rows), grid_number, np.int16), rows, cols
+    )
