@@ -167,3 +167,40 @@ def test_batches_property(tmp_path_factory, sizes, shard_bytes, batch_size, buff
         assert len(rows) == (total // batch_size) * batch_size and set(rows) <= want
     else:
         assert set(rows) == want, "every token once"
+
+
+def _reference_batches(store, hook, batch_size, shuffle, seed, buffer_shards):
+    """The documented order, written the plain way: shard order permuted by ``seed``; each window
+    of ``buffer_shards`` shards joined to the previous window's carry-over, permuted, sliced."""
+    rng = np.random.default_rng(seed)
+    views = list(store.shards)
+    if shuffle:
+        views = [views[i] for i in rng.permutation(len(views))]
+    windows = [views[i:i + buffer_shards] for i in range(0, len(views), buffer_shards)] if shuffle \
+        else [[v] for v in views]
+    carry, out = np.zeros((0, store.d_model), store.dtype), []
+    for window in windows:
+        pool = np.concatenate([carry] + [v.visible(v.file.read([hook])[hook]) for v in window])
+        if shuffle:
+            pool = pool[rng.permutation(pool.shape[0])]
+        full = (pool.shape[0] // batch_size) * batch_size
+        out += [pool[i:i + batch_size] for i in range(0, full, batch_size)]
+        carry = pool[full:]
+    return out + ([carry] if carry.shape[0] else [])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=20), shard_bytes=st.integers(1, 300),
+       batch_size=st.integers(1, 40), buffer_shards=st.integers(1, 4), shuffle=st.booleans(),
+       seed=st.integers(0, 3), prefetch=st.integers(0, 2))
+def test_batches_follow_the_documented_order(tmp_path_factory, sizes, shard_bytes, batch_size, buffer_shards,
+                                             shuffle, seed, prefetch):
+    root = str(tmp_path_factory.mktemp("order") / "s")
+    hook = _tiny_store(root, sizes, shard_bytes)
+    store = arclens.open_store(root, prefetch=prefetch)
+    got = list(store.batches(hook, batch_size=batch_size, shuffle=shuffle, seed=seed, buffer_shards=buffer_shards))
+    want = _reference_batches(store, hook, batch_size, shuffle, seed, buffer_shards)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+        assert g.flags.owndata and g.flags.writeable and g.flags.c_contiguous and not isinstance(g, np.memmap)

@@ -9,6 +9,8 @@ by a background thread while the current one is consumed.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -186,12 +188,19 @@ class Store:
         the shard order is a permutation drawn from ``seed``, and tokens are uniformly permuted
         within consecutive windows of ``buffer_shards`` shards (plus the fewer than
         ``batch_size`` tokens carried over from the previous window). Deterministic for a seed;
-        pass a different seed per epoch. Memory: about ``buffer_shards`` shards of one hook.
+        pass a different seed per epoch. Memory: about ``buffer_shards`` shards of one hook, plus
+        a few batches made ahead of the consumer when the store was opened with ``prefetch > 0``.
         """
         (hook,) = self._check_hooks([hook])
         if batch_size <= 0 or buffer_shards <= 0:
             raise UserError("batch_size and buffer_shards must be positive")
         out_dtype = np.dtype(dtype) if dtype is not None else None
+        batches = self._batches(hook, batch_size, shuffle, seed, drop_last, buffer_shards, out_dtype)
+        # With prefetch, batches are cut in a background thread (numpy's gathers and copies run
+        # without the GIL), so a trainer's step overlaps the making of its next batch.
+        return _in_background(batches, _BATCHES_AHEAD) if self.prefetch else batches
+
+    def _batches(self, hook, batch_size, shuffle, seed, drop_last, buffer_shards, out_dtype):
         rng = np.random.default_rng(seed)
         views = list(self.shards)
         if shuffle:
@@ -200,29 +209,111 @@ class Store:
         else:
             windows = [[v] for v in views]
 
+        bs = batch_size
+
         def load(window: list[ShardView]) -> np.ndarray:
             parts = [v.visible(v.file.read([hook])[hook]) for v in window]
-            if shuffle:  # materialise: a random gather from a memory map would thrash
-                return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
-            return parts[0]
+            if not shuffle:
+                return parts[0]  # a view into the memory map: each batch is copied out once
+            # Materialise the window (a random gather from a memory map would thrash), leaving
+            # ``batch_size`` spare rows in front for the previous window's carry-over, so joining
+            # the two never copies the window a second time. Runs in the prefetch thread.
+            pool = np.empty((bs + sum(p.shape[0] for p in parts), self.d_model), dtype=self.dtype)
+            at = bs
+            for p in parts:
+                pool[at : at + p.shape[0]] = p
+                at += p.shape[0]
+            return pool
 
-        carry = np.empty((0, self.d_model), dtype=self.dtype)
+        carry = np.empty((0, self.d_model), dtype=self.dtype)  # < batch_size rows, owned
         for pool in _prefetched([lambda w=w: load(w) for w in windows], self.prefetch):
-            if carry.shape[0]:
-                pool = np.concatenate([carry, pool])
             if shuffle:
-                pool = pool[rng.permutation(pool.shape[0])]
-            full = (pool.shape[0] // batch_size) * batch_size
-            for i in range(0, full, batch_size):
-                yield _cast(pool[i : i + batch_size], out_dtype)
+                # Tokens = carry + window, uniformly permuted; batch k is rows perm[k*bs:(k+1)*bs],
+                # gathered straight into a fresh array (never a permuted copy of the whole pool).
+                pool = pool[bs - carry.shape[0] :]
+                pool[: carry.shape[0]] = carry
+                perm = rng.permutation(pool.shape[0])
+                full = (pool.shape[0] // bs) * bs
+                for i in range(0, full, bs):
+                    yield _cast(np.take(pool, perm[i : i + bs], axis=0), out_dtype)
+                carry = np.take(pool, perm[full:], axis=0)
+                continue
+            start = 0
+            if carry.shape[0]:
+                need = bs - carry.shape[0]
+                if pool.shape[0] < need:
+                    carry = np.concatenate([carry, pool])
+                    continue
+                yield _cast(np.concatenate([carry, pool[:need]]), out_dtype)
+                start = need
+            full = start + ((pool.shape[0] - start) // bs) * bs
+            for i in range(start, full, bs):
+                yield _cast(pool[i : i + bs], out_dtype)
             carry = np.array(pool[full:])
         if carry.shape[0] and not drop_last:
             yield _cast(carry, out_dtype)
 
 
 def _cast(x: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    # Always a fresh, writable, C-contiguous array: never a view into a memory-mapped shard.
+    """A fresh, writable, C-contiguous array, never a view into a memory-mapped shard; ``x`` is
+    copied only when it is not already such an array of ``dtype`` (a gather's result already is)."""
+    fresh = x.flags.owndata and x.flags.writeable and x.flags.c_contiguous and not isinstance(x, np.memmap)
+    if fresh and (dtype is None or x.dtype == dtype):
+        return x
     return np.array(x, dtype=dtype, order="C")
+
+
+class _Raised:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+_END = object()
+_BATCHES_AHEAD = 4
+_POLL_S = 0.05
+
+
+def _in_background(items: Iterator[T], depth: int) -> Iterator[T]:
+    """``items``, produced by a daemon thread up to ``depth`` ahead. An error in the producer is
+    raised in the consumer; a consumer that stops early stops (and closes) the producer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for x in items:
+                if not put(x):
+                    return
+            put(_END)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            put(_Raised(err))
+        finally:
+            items.close()
+
+    threading.Thread(target=produce, name="arclens-batches", daemon=True).start()
+
+    def consume() -> Iterator[T]:
+        try:
+            while True:
+                x = q.get()
+                if x is _END:
+                    return
+                if isinstance(x, _Raised):
+                    raise x.err
+                yield x
+        finally:
+            stop.set()
+
+    return consume()
 
 
 def _prefetched(loads: list[Callable[[], T]], depth: int) -> Iterator[T]:
