@@ -76,8 +76,9 @@ def test_submission_and_predictions_are_complete(first_run, capsys):
     assert "/ 3 tasks" in out and "397 task(s) of the solutions are not in the submission" in out
 
 
-def test_generated_token_activations_are_stored(first_run):
+def test_generated_token_activations_are_stored(first_run, tokenizer):
     import arclens
+    from arclens.prompts import DEFAULT_ENCODER, output_token_roles
 
     records = {r["key"]: r for r in read_predictions(first_run / "predictions.jsonl")}
     store = arclens.open_store(str(first_run / "activations"))
@@ -89,6 +90,11 @@ def test_generated_token_activations_are_stored(first_run):
         # one row per generated token, at the position that produced it, holding the token fed there
         np.testing.assert_array_equal(arrays["position"], np.arange(n_prompt - 1, n_prompt - 1 + len(out_ids)))
         np.testing.assert_array_equal(arrays["token_id"], [r["prompt_token_ids"][-1], *out_ids[:-1]])
+        # the roles of those fed tokens: the prompt's last one, then the answer's (test_infer_roles.py)
+        n_train = len(r["augmentation"]["train_order"])
+        roles = output_token_roles(tokenizer, out_ids, DEFAULT_ENCODER, 2 * n_train + 1)
+        for name, generated in zip(("grid", "row", "col"), roles):
+            np.testing.assert_array_equal(arrays[name], [-1, *generated[:-1]])
         assert arrays["blocks.1.hook_resid_post"].shape == (len(out_ids), 64)
         assert np.isfinite(np.asarray(arrays["blocks.3.hook_mlp_out"], np.float32)).all()
         seen.add(sample["key"])

@@ -342,7 +342,7 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     if "```" in encoder.to_text(((0,),)):  # the answer is a code block: stop at its closing fence
         fc, fs = tokenizer_fence_tables(tokenizer, s.config.vocab_size)
         stop = StopRule(eos_ids=stop.eos_ids, fence_count=fc, fence_state=fs)
-    store = _ActivationSink(s) if s.hooks else None
+    store = _ActivationSink(s, tokenizer, encoder) if s.hooks else None
     new_records: list[dict] = []
     windows = _windows(pending, expected, s.batch_size * WINDOW_BATCHES)
     for w, window in enumerate(windows):
@@ -413,14 +413,22 @@ class _ActivationSink:
     """``--hooks``: the hooks at every generated token into ``DIR/activations`` (SPEC section 3).
 
     Token k of a sample's output was produced at position ``prompt_len - 1 + k``; that row holds
-    the activations there, the token fed there (``token_id``: the last prompt token, then the
-    previous output token) and, for the prompt's last token, its grid role (-1 for generated
-    tokens: their roles are not derived)."""
+    the activations there and, as every row of an extract store, the token at that position: the
+    token fed there (``token_id``: the last prompt token, then output token k - 1) and its grid
+    role. Row 0 has the prompt's last token's role (from the prompt, as extract stores it); row
+    k >= 1 has output token k - 1's role in the answer (``prompts.output_token_roles``: the
+    decoded output read by the encoder as ``parse_grid`` reads it, cells numbered as the answer
+    grid of a training prompt, ragged or cut-short answers included, -1 for anything that is not
+    one cell). So the row whose ``token_id`` is cell (r, c) holds the state while the model reads
+    that cell and writes the token after it; the state that wrote the cell is the row before."""
 
-    def __init__(self, s: InferSettings):
+    def __init__(self, s: InferSettings, tokenizer, encoder):
+        from arclens.prompts.templates import get_prompt_version
         from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store
 
         self.dest = str(s.out / ACTIVATIONS)
+        self.tokenizer, self.encoder = tokenizer, encoder
+        self.version = get_prompt_version(s.prompt.version)
         meta = {
             "model": {"name": s.model, "config": s.config.to_json(), "dtype": s.dtype},
             "hooks": [h.name for h in s.hooks],
@@ -435,18 +443,25 @@ class _ActivationSink:
         self.committed = committed_keys(self.dest)
         self.writer = StoreWriter(self.dest, writer=f"infer-{os.uname().nodename}-{os.getpid()}")
 
+    def roles(self, sample, gen) -> dict[str, np.ndarray]:
+        """``grid``/``row``/``col`` int16 of each stored row: the role of the token fed there."""
+        from arclens.prompts import output_token_roles
+        from arclens.prompts.chat import answer_grid_number
+
+        n_prompt = len(sample.token_ids)
+        number = answer_grid_number(self.version, len(sample.augmentation.train_order))
+        generated = output_token_roles(self.tokenizer, gen.token_ids, self.encoder, number)
+        return {
+            col: np.concatenate([getattr(sample, col)[n_prompt - 1 :], out[:-1]]).astype(np.int16)
+            for col, out in zip(("grid", "row", "col"), generated)
+        }
+
     def add(self, sample, gen) -> None:
         if sample.key in self.committed:
             return  # committed by an earlier run that stopped before writing its predictions
         n_prompt = len(sample.token_ids)
         fed = np.concatenate([sample.token_ids[-1:], gen.token_ids[:-1]]).astype(np.int32)
-        minus = np.full(len(fed), -1, np.int16)
-        roles = {}
-        for col in ("grid", "row", "col"):
-            r = minus.copy()
-            r[0] = getattr(sample, col)[n_prompt - 1]
-            roles[col] = r
-        arrays = {**gen.captures, "position": gen.positions, "token_id": fed, **roles}
+        arrays = {**gen.captures, "position": gen.positions, "token_id": fed, **self.roles(sample, gen)}
         meta = {
             "key": sample.key,
             "task_id": sample.task_id,
