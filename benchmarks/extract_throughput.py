@@ -21,6 +21,9 @@ Runs, each timed after a warm-up that compiles every shape it will see:
 
 - ``arclens->host``: the extract pipeline's stages (async dispatch, copy thread, writer thread
   slicing real tokens per sample) delivering captures to host memory;
+- ``arclens-pinned->host`` (``--runs pinned``): the same with ``ARCLENS_CAPTURE_MEMORY=pinned_host``,
+  XLA writing the captures into pinned host memory itself (``memory_kind`` in the JSON says
+  whether the backend took it or fell back to device memory);
 - ``arclens->disk``: the same into a real store on local disk (fixed mix only);
 - ``hf-eager->host``: transformers (sdpa attention, not compiled) with forward hooks copying each
   hooked layer's output to the host, the way a hook-based extractor does;
@@ -68,7 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-shapes", type=int, default=None,
                     help="compiled lengths for the arc mix (default: the pipeline's, ARCLENS_MAX_SHAPES)")
     ap.add_argument("--runs", nargs="+", default=["arclens", "disk", "eager", "compile"],
-                    choices=["arclens", "disk", "eager", "compile"])
+                    choices=["arclens", "pinned", "disk", "eager", "compile"],
+                    help="pinned: arclens->host again with ARCLENS_CAPTURE_MEMORY=pinned_host")
     ap.add_argument("--mixes", nargs="+", default=["fixed", "arc"], choices=["fixed", "arc"])
     ap.add_argument("--json", default=None, help="write the results here (default $OUT/extract_throughput.json)")
     ap.add_argument("--dump-tasks", default=None, metavar="PATH", help="write --tasks as ARC JSON to PATH and exit")
@@ -428,6 +432,19 @@ def main(argv=None) -> int:
     mesh = make_mesh(None)
     params = load_params(model_dir, config, jnp.dtype(dtype_name), mesh=mesh)
     runner = CaptureRunner(params, config, hooks, "all", dtype_name, mesh)
+    pinned = None
+    if "pinned" in args.runs:  # a second runner whose outputs live in pinned host memory
+        from arclens.pipeline.device import CAPTURE_MEMORY_ENV
+
+        saved = os.environ.get(CAPTURE_MEMORY_ENV)
+        os.environ[CAPTURE_MEMORY_ENV] = "pinned_host"
+        try:
+            pinned = CaptureRunner(params, config, hooks, "all", dtype_name, mesh)
+        finally:
+            if saved is None:
+                os.environ.pop(CAPTURE_MEMORY_ENV, None)
+            else:
+                os.environ[CAPTURE_MEMORY_ENV] = saved
 
     mixes = {}
     if "fixed" in args.mixes:
@@ -468,6 +485,13 @@ def main(argv=None) -> int:
 
         if "arclens" in args.runs:
             attempt("arclens->host", lambda s=samples, b=budget, w=warm: run_arclens(runner, s, b, _HostSink(), w))
+        if pinned is not None:
+            def to_pinned_host(s=samples, b=budget, w=warm):
+                res = run_arclens(pinned, s, b, _HostSink(), w)
+                res["memory_kind"] = pinned.memory_kind  # "device" if the backend refused pinned_host
+                return res
+
+            attempt("arclens-pinned->host", to_pinned_host)
         if "disk" in args.runs and mix == "fixed":
             from arclens.pipeline.extract import store_metadata  # noqa: F401 - same metadata path as extract
             from arclens.store.writer import StoreWriter, open_or_create_store
@@ -511,6 +535,8 @@ def main(argv=None) -> int:
         Path(out).write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {out}", file=sys.stderr)
     runner.close()
+    if pinned is not None:
+        pinned.close()
     return 0
 
 

@@ -19,15 +19,16 @@ def test_benchmark_runs_on_cpu_and_writes_its_table(tmp_path, tiny_model_dir):
     cmd = [sys.executable, str(REPO / "benchmarks" / "extract_throughput.py"), "--device", "cpu",
            "--model", str(tiny_model_dir), "--batch", "2", "--seq", "128", "--steps", "2",
            "--tasks-json", str(tasks), "--predictions-per-task", "2", "--mix-samples", "4",
-           "--tokens-per-batch", "1024", "--runs", "arclens", "disk", "eager", "--json", str(out)]
+           "--tokens-per-batch", "1024", "--runs", "arclens", "pinned", "disk", "eager", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=cli_env(OUT=str(tmp_path)),
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["hooks"] == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post", "blocks.3.hook_resid_post"]
     rows = {(r["mix"], r["run"]): r for r in res["rows"]}
-    expected = {("fixed", "arclens->host"), ("fixed", "arclens->disk"), ("fixed", "hf-eager->host"),
-                ("arc", "arclens->host"), ("arc", "hf-eager->host")}
+    expected = {("fixed", "arclens->host"), ("fixed", "arclens-pinned->host"), ("fixed", "arclens->disk"),
+                ("fixed", "hf-eager->host"), ("arc", "arclens->host"), ("arc", "arclens-pinned->host"),
+                ("arc", "hf-eager->host")}
     assert set(rows) == expected
     for key, row in rows.items():
         assert "error" not in row, (key, row.get("error"))
@@ -35,6 +36,8 @@ def test_benchmark_runs_on_cpu_and_writes_its_table(tmp_path, tiny_model_dir):
     # the fixed mix: 2 steps of 2 x 128 real tokens; arclens stores exactly the real tokens
     assert rows[("fixed", "arclens->host")]["tokens"] == 2 * 2 * 128
     assert rows[("fixed", "arclens->disk")]["shards"] >= 1
+    assert rows[("fixed", "arclens-pinned->host")]["tokens"] == 2 * 2 * 128
+    assert rows[("fixed", "arclens-pinned->host")]["memory_kind"] in ("pinned_host", "device")
     arc = rows[("arc", "arclens->host")]
     assert arc["tokens"] == arc["stored_tokens"] == res["arc_mix"]["real_tokens"]
     assert arc["tokens"] == rows[("arc", "hf-eager->host")]["tokens"]
