@@ -86,7 +86,7 @@ def test_metadata_follows_the_spec(job, tiny_model_dir):
     assert meta["tasks"]["source"] == str(job["tasks"]) and meta["tasks"]["count"] == 4
     # extensions of the SPEC's fields that the resume check compares by (docs/STORE.md)
     assert meta["tasks"]["fingerprint"].startswith("tasks-sha256-v1:")
-    assert meta["model"]["fingerprint"].startswith("sampled-sha256-v1:")
+    assert meta["model"]["fingerprint"].startswith("sampled-sha256-v2:")
     assert meta["created_at"] and meta["arclens_version"]
 
 

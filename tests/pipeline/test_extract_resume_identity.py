@@ -87,7 +87,7 @@ def test_relative_and_absolute_spellings_resume(ref, capsys, monkeypatch):
     _assert_complete(ref, dest, capsys, kept)
     assert (dest / "metadata.json").read_bytes() == meta_before  # still the original names
     meta = json.loads(meta_before)
-    assert meta["model"]["name"] == str(ref["model"]) and meta["model"]["fingerprint"].startswith("sampled-sha256-v1:")
+    assert meta["model"]["name"] == str(ref["model"]) and meta["model"]["fingerprint"].startswith("sampled-sha256-v2:")
     assert meta["tasks"]["source"] == str(ref["tasks"]) and meta["tasks"]["fingerprint"].startswith("tasks-sha256-v1:")
 
 
@@ -114,12 +114,28 @@ def test_weights_replaced_at_the_same_path_are_refused(ref, capsys):
     write_random_model(model, preset="tiny", seed=1)
     assert json.loads((model / "config.json").read_text()) == json.loads((ref["model"] / "config.json").read_text())
     _refused(capsys, extract_args(model, ref["tasks"], dest, *OPTIONS), dest,
-             f"the weights at {model} changed since this store was created", "sampled-sha256-v1:")
+             f"the weights at {model} changed since this store was created", "sampled-sha256-v2:")
     # ... and other weights under another name name both
     other = ref["root"] / "models" / "other"
     write_random_model(other, preset="tiny", seed=2)
     _refused(capsys, extract_args(other, ref["tasks"], dest, *OPTIONS), dest,
              f"created with the model {model}", f"{other} holds other weights")
+
+
+def test_a_tokenizer_edited_at_the_same_path_is_refused(ref, capsys):
+    # Same weights, another chat template: resuming would mix two tokenizations in one store.
+    dest, _ = _partial_copy(ref, "edited-tokenizer")
+    path = ref["model"] / "tokenizer_config.json"
+    original = path.read_text()
+    tok_config = json.loads(original)
+    tok_config["chat_template"] = tok_config["chat_template"].replace("<|im_start|>", "<|im_start|> ")
+    assert tok_config != json.loads(original)
+    try:
+        path.write_text(json.dumps(tok_config, indent=2))
+        _refused(capsys, extract_args(ref["model"], ref["tasks"], dest, *OPTIONS), dest,
+                 f"at {ref['model']} changed since this store was created")
+    finally:
+        path.write_text(original)
 
 
 def test_edited_tasks_are_refused(ref, capsys):

@@ -13,8 +13,8 @@ from arclens.errors import UserError
 from arclens.store.format import metadata_differences
 from arclens.store.writer import open_or_create_store
 
-FP_A = "sampled-sha256-v1:" + "a" * 64
-FP_B = "sampled-sha256-v1:" + "b" * 64
+FP_A = "sampled-sha256-v2:" + "a" * 64
+FP_B = "sampled-sha256-v2:" + "b" * 64
 TASKS_A = "tasks-sha256-v1:" + "1" * 64
 TASKS_B = "tasks-sha256-v1:" + "2" * 64
 
@@ -46,10 +46,11 @@ def test_without_a_fingerprint_on_either_side_the_spelling_decides():
     assert metadata_differences(old, meta(name="../models/m")) == ["model.name"]
     assert metadata_differences(old, meta(source="x.json")) == ["tasks.source"]
     assert metadata_differences(meta(), old) == []
-    # Fingerprints of another scheme are not comparable: the name decides again.
-    other_scheme = meta(fp="sampled-sha256-v2:" + "a" * 64)
+    # Fingerprints of another scheme (v1 sampled the weights only) are not comparable: the name
+    # decides again.
+    other_scheme = meta(fp="sampled-sha256-v1:" + "a" * 64)
     assert metadata_differences(meta(), other_scheme) == []
-    assert metadata_differences(meta(), meta(name="elsewhere", fp="sampled-sha256-v2:" + "a" * 64)) == ["model.name"]
+    assert metadata_differences(meta(), meta(name="elsewhere", fp="sampled-sha256-v1:" + "a" * 64)) == ["model.name"]
 
 
 def test_other_fields_of_a_fingerprinted_section_still_count():
@@ -76,7 +77,7 @@ def test_open_keeps_the_original_metadata_and_refuses_other_weights(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg
     assert "the weights at /models/m changed since this store was created" in msg
-    assert "sampled-sha256-v1:aaaaaaaaaaaa" in msg and "sampled-sha256-v1:bbbbbbbbbbbb" in msg
+    assert "sampled-sha256-v2:aaaaaaaaaaaa" in msg and "sampled-sha256-v2:bbbbbbbbbbbb" in msg
 
     with pytest.raises(UserError) as err:
         open_or_create_store(str(dest), meta(name="/other/m", fp=FP_B, positions="last"))

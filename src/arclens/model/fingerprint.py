@@ -1,7 +1,7 @@
-"""A cheap, content-based fingerprint of a checkpoint's weights, so a store can tell one model
-from another regardless of how its path was spelled.
+"""A cheap, content-based fingerprint of a checkpoint (config, weights and tokenizer), so a store
+can tell one model from another regardless of how its path was spelled.
 
-``weights_fingerprint(model_dir)`` returns ``"sampled-sha256-v1:<64 hex>"``: the sha256 of
+``model_fingerprint(model_dir)`` returns ``"sampled-sha256-v2:<64 hex>"``: the sha256 of
 
 1. the fields of ``config.json`` that define the model's shape and numerics (``FINGERPRINT_CONFIG_FIELDS``;
    ``rope_theta`` read from the top level or from ``rope_parameters``, so a re-save by a newer
@@ -11,33 +11,51 @@ from another regardless of how its path was spelled.
 2. for every weights file (those ``model.safetensors.index.json`` names, or ``model.safetensors``),
    in name order: its file name, its size in bytes, and its safetensors header reduced to each
    tensor's name, dtype, shape and data offsets (``__metadata__`` and JSON spacing left out);
-3. ``BLOCKS_PER_FILE`` blocks of ``BLOCK_BYTES`` bytes of each file's tensor data, evenly spaced
-   from the first data byte to the last (the whole data region when it is no larger than that).
+   then the bytes of its sampled ranges in file order (overlapping and touching ranges merged, so
+   no byte counts twice), which are the union of
+   a. ``BLOCKS_PER_FILE`` blocks of ``BLOCK_BYTES`` bytes of its tensor data, evenly spaced from
+      the first data byte to the last (the whole data region when it is no larger than that), and
+   b. for EVERY tensor in its header, ``TENSOR_BLOCK_BYTES`` at the start of the tensor's data,
+      as many at its middle and as many at its end (the whole tensor when it is no larger than
+      three such blocks);
+3. every tokenizer file present in the directory (``TOKENIZER_FILES``: ``tokenizer.json``,
+   ``tokenizer_config.json`` with its chat template, ``chat_template.jinja``/``.json``, the BPE
+   ``vocab.json``/``merges.txt``, the special and added tokens), hashed whole, by name.
 
-It reads the headers plus at most 16 x 64 KiB = 1 MiB per file with plain seeks and reads, so a
-7B checkpoint (~15 GB in 4 files) costs ~4 MiB of reads: a few milliseconds on local disk, well
-under a second cold. It never loads or maps a whole file.
+Read budget: per weights file its header, at most 16 x 64 KiB = 1 MiB of evenly spaced blocks
+and at most 3 x 4 KiB = 12 KiB per tensor; plus the tokenizer files whole (~11 MiB for Qwen2.5's
+tokenizer.json, vocab.json and merges.txt). A 7B checkpoint (~15 GB in 4 files, ~340 tensors)
+costs ~4 + ~4 + ~11 MiB; Qwen2.5-72B (~145 GB in 37 files, ~960 tensors) ~37 + ~11 + ~11 MiB in
+fewer than 3,000 seeks and reads (a tensor's end block and the next tensor's start block touch
+and are read as one). That is tens of milliseconds warm and a fraction of a second cold on an SSD;
+more on a spinning disk or a network file system that serves each read separately. It never loads
+or maps a whole weights file.
 
 What it detects: other weights of any kind that a training run, a conversion or a different
-random seed produces (these change essentially every byte, so every sampled block); another
-config (layers, widths, heads, vocabulary, RoPE theta, norm epsilon, tied embeddings); another
-dtype, tensor set, tensor shape or file layout; a truncated or extended file. Two random
-checkpoints with the same config and different seeds always differ.
+random seed produces; a change to any whole tensor, however small the tensor, for example a
+LoRA merged into a few projections, a fine-tune of a few layers, one re-trained layer norm or
+bias, a patched embedding (such a change alters the tensor's first, middle and last bytes, and
+every one of those is sampled); another config (layers, widths, heads, vocabulary, RoPE theta,
+norm epsilon, tied embeddings); another dtype, tensor set, tensor shape or file layout; a file
+extended past its tensors; another tokenizer, vocabulary, merge list, special token or chat
+template. Two random checkpoints with the same config and different seeds always differ. A
+header whose tensors lie outside the file (a truncated file) is a UserError naming the file.
 
-What it cannot detect: a change confined to bytes that no block samples (for example one tensor
-edited by hand, or a few weights patched, between sampled blocks), and files other than
-config.json and the weights: the tokenizer and its chat template are not covered (the store's
-``prompt`` settings and sample keys are compared separately). The same weights re-sharded into
-other files, or re-saved with tensors in another order, get a different fingerprint: the check
-errs on the side of refusing.
+What it cannot detect: a change confined to bytes inside a tensor that no block samples (a few
+weights patched by hand, away from the tensor's start, middle and end and from the evenly spaced
+blocks), and files other than config.json, the weights and the tokenizer files above (for
+example generation_config.json, or a named template under additional_chat_templates/). The same
+weights re-sharded into other files, or re-saved with tensors in another order, get a different
+fingerprint: the check errs on the side of refusing.
 
 Why not a full hash: a checkpoint is read from disk at a few GB/s at best, and Qwen2.5-72B is
 ~145 GB, so hashing it would add minutes to every start and to every resume, which is exactly
 when a run should be quick. The fingerprint guards against the realistic mistake (another
-checkpoint at the same path, or the same checkpoint under another name), not against tampering.
+checkpoint or tokenizer at the same path, or the same checkpoint under another name), not
+against tampering.
 
 Anything that records a model in an activation store (``arclens extract``, ``arclens infer
---hooks``) can call ``weights_fingerprint(resolved_model_dir)`` and store the result as
+--hooks``) can call ``model_fingerprint(resolved_model_dir)`` and store the result as
 ``model.fingerprint``; ``arclens.store.format.metadata_differences`` then compares stores by it.
 """
 
@@ -51,12 +69,28 @@ from pathlib import Path
 
 from arclens.errors import UserError
 
-SCHEME = "sampled-sha256-v1"
+SCHEME = "sampled-sha256-v2"
 BLOCKS_PER_FILE = 16
 BLOCK_BYTES = 64 << 10
+TENSOR_BLOCK_BYTES = 4 << 10
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _MAX_HEADER_BYTES = 100_000_000
+_CHUNK = 1 << 20
+
+# What a tokenizer (AutoTokenizer.from_pretrained) and its chat template are read from; each one
+# present is hashed whole. tokenizer.model is the sentencepiece file of non-BPE tokenizers.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 # config.json fields that change what the weights compute (or how they are laid out).
 FINGERPRINT_CONFIG_FIELDS = (
@@ -76,14 +110,18 @@ FINGERPRINT_CONFIG_FIELDS = (
 )
 
 
-def weights_fingerprint(model_dir: str | os.PathLike) -> str:
-    """``"sampled-sha256-v1:<hex>"`` for the checkpoint in ``model_dir`` (a resolved local
-    directory). Raises UserError naming the file for a missing or unreadable config or weights."""
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """``"sampled-sha256-v2:<hex>"`` for the checkpoint in ``model_dir`` (a resolved local
+    directory): its config, sampled weights and whole tokenizer files (module docstring). Raises
+    UserError naming the file for a missing or unreadable config or weights, or an unreadable
+    tokenizer file."""
     root = Path(model_dir)
     digest = hashlib.sha256(SCHEME.encode() + b"\0")
     digest.update(_canonical(_config_fields(root)) + b"\0")
     for name in weight_files(root):
-        _hash_file(digest, root / name, name)
+        _hash_weights(digest, root / name, name)
+    for name in TOKENIZER_FILES:
+        _hash_tokenizer_file(digest, root / name, name)
     return f"{SCHEME}:{digest.hexdigest()}"
 
 
@@ -132,7 +170,7 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _hash_file(digest, path: Path, name: str) -> None:
+def _hash_weights(digest, path: Path, name: str) -> None:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -142,28 +180,91 @@ def _hash_file(digest, path: Path, name: str) -> None:
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER_BYTES or 8 + n > size:
                 raise UserError(f"{path}: not a safetensors file (header length {n} for a {size}-byte file)")
-            raw = f.read(n)
-            try:
-                header = json.loads(raw)
-                tensors = sorted(
-                    (str(k), str(v["dtype"]), [int(s) for s in v["shape"]], [int(o) for o in v["data_offsets"]])
-                    for k, v in header.items() if k != "__metadata__"
-                )
-            except (ValueError, TypeError, KeyError, AttributeError) as e:
-                raise UserError(f"{path}: not a safetensors file (bad header: {e})") from None
-            digest.update(_canonical({"file": name, "bytes": size, "tensors": tensors}) + b"\0")
+            tensors = _parse_header(path, f.read(n))
             data_start = 8 + n
-            for offset in block_offsets(data_start, size):
+            for tname, _, _, (begin, end) in tensors:
+                if not 0 <= begin <= end <= size - data_start:
+                    raise UserError(
+                        f"{path}: tensor {tname!r} has data_offsets [{begin}, {end}] outside the file's "
+                        f"{size - data_start}-byte data region (truncated?)"
+                    )
+            digest.update(_canonical({"file": name, "bytes": size, "tensors": tensors}) + b"\0")
+            spans = [(data_start + begin, data_start + end) for _, _, _, (begin, end) in tensors]
+            for offset, length in sampled_ranges(data_start, size, spans):
                 f.seek(offset)
-                digest.update(f.read(BLOCK_BYTES))
+                digest.update(f.read(length))
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+def _parse_header(path: Path, raw: bytes) -> list:
+    """Each tensor's (name, dtype, shape, [begin, end]), sorted by name."""
+    try:
+        header = json.loads(raw)
+        tensors = []
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            begin, end = (int(o) for o in v["data_offsets"])
+            tensors.append((str(k), str(v["dtype"]), [int(s) for s in v["shape"]], [begin, end]))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"{path}: not a safetensors file (bad header: {e})") from None
+    return sorted(tensors)
+
+
+def _hash_tokenizer_file(digest, path: Path, name: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            h = hashlib.sha256()
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except FileNotFoundError:
+        return  # absent (or a dangling link): the tokenizer does not read it either
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    digest.update(_canonical({"tokenizer_file": name, "sha256": h.hexdigest()}) + b"\0")
+
+
+def sampled_ranges(
+    start: int,
+    end: int,
+    tensor_spans: list[tuple[int, int]],
+    blocks: int = BLOCKS_PER_FILE,
+    block: int = BLOCK_BYTES,
+    tensor_block: int = TENSOR_BLOCK_BYTES,
+) -> list[tuple[int, int]]:
+    """The ``(offset, length)`` ranges of a weights file that the fingerprint reads, sorted and
+    merged where they overlap or touch: the evenly spaced blocks of the data region ``[start,
+    end)`` (``block_offsets``) and each tensor's start, middle and end blocks (``tensor_blocks``;
+    ``tensor_spans`` are the tensors' absolute ``(begin, end)`` in the file)."""
+    ranges = [(o, min(block, end - o)) for o in block_offsets(start, end, blocks, block)]
+    for begin, stop in tensor_spans:
+        ranges.extend(tensor_blocks(begin, stop, tensor_block))
+    merged: list[list[int]] = []
+    for offset, length in sorted(ranges):
+        if merged and offset <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], offset + length - merged[-1][0])
+        else:
+            merged.append([offset, length])
+    return [(o, n) for o, n in merged]
+
+
+def tensor_blocks(begin: int, end: int, block: int = TENSOR_BLOCK_BYTES) -> list[tuple[int, int]]:
+    """The ``(offset, length)`` blocks sampled from one tensor's data ``[begin, end)``: all of it
+    when it holds no more than three blocks, else one block at its start, one at its middle and
+    one ending at its end."""
+    length = end - begin
+    if length <= 0:
+        return []
+    if length <= 3 * block:
+        return [(begin, length)]
+    return [(begin, block), (begin + (length - block) // 2, block), (end - block, block)]
+
+
 def block_offsets(start: int, end: int, blocks: int = BLOCKS_PER_FILE, block: int = BLOCK_BYTES) -> list[int]:
-    """Where the sampled blocks of the data region ``[start, end)`` begin: one block covering it
-    all when it holds no more than ``blocks`` blocks, else ``blocks`` evenly spaced ones, the first
-    at ``start`` and the last ending at ``end``."""
+    """Where the evenly spaced blocks of the data region ``[start, end)`` begin: blocks covering
+    it all when it holds no more than ``blocks`` blocks, else ``blocks`` evenly spaced ones, the
+    first at ``start`` and the last ending at ``end``."""
     length = end - start
     if length <= 0:
         return []

@@ -132,9 +132,9 @@ def validate(args, runtime) -> ExtractSettings:
     worker_slot(args)  # --worker-id/--num-workers/TPU_WORKER_ID: refuse bad combinations up front
     model_path = resolve_model(args.model)
     config = QwenConfig.from_pretrained(model_path)
-    from arclens.model.fingerprint import weights_fingerprint
+    from arclens.model.fingerprint import model_fingerprint
 
-    fingerprint = weights_fingerprint(model_path)  # the store's resume check compares by it
+    fingerprint = model_fingerprint(model_path)  # the store's resume check compares by it
     hooks = select_hooks(args, config.n_layers)
     prompt = PromptConfig.from_args(args)
     prompt.validate()
