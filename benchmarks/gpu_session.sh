@@ -3,7 +3,7 @@
 # 10-minute limit on a lent H100 (docs/BENCHMARKS.md, "One GPU session").
 #
 #   bash benchmarks/gpu_session.sh a    # device probe, bf16 equivalence, extract fixed mix (all runs)
-#   bash benchmarks/gpu_session.sh b    # extract ARC mix (arclens, pinned, eager), generation
+#   bash benchmarks/gpu_session.sh b    # extract ARC mix (arclens, pinned, eager), generation, store writes
 #   bash benchmarks/gpu_session.sh c    # extract ARC mix, torch.compile baseline (inductor: slow)
 #
 # Issue the next stage within 30 s of the last one's end, or the machine is given back and the
@@ -35,10 +35,10 @@ if [ "${DRY:-0}" = 1 ]; then  # tiny shapes on the CPU: checks the commands, mea
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=
   DEV=cpu; PRESET=tiny; PROBE_SHAPES="2x128"; EQ="--cpu --tiny"
   FIXED="--batch 2 --seq 128 --steps 2"; ARC="--mix-samples 4 --tokens-per-batch 1024 --predictions-per-task 2"
-  GEN="--batch-size 4 --max-new-tokens 8 --dtype float32"
+  GEN="--batch-size 4 --max-new-tokens 8 --dtype float32"; STORE_GB=0.05
 else
   DEV=gpu; PRESET=0.5b; PROBE_SHAPES="16x2048 32x1024"; EQ=""; FIXED=""; ARC=""
-  GEN="--batch-size 64 --max-new-tokens 256"
+  GEN="--batch-size 64 --max-new-tokens 256"; STORE_GB=3
 fi
 [ -f "$TASKS" ] || { echo "missing $TASKS (see the header of this script)"; exit 2; }
 log "stage $stage on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
@@ -57,6 +57,7 @@ case "$stage" in
     step 240 extract_arc $B $ARC --mixes arc --runs arclens pinned eager --json "$OUT/extract_arc.json"
     step 150 generate python3 benchmarks/generate_throughput.py --device $DEV --model "$MODEL" \
       --tasks-json "$TASKS" $GEN --loop while --out "$OUT/generate.json"
+    step 90 store_write python3 benchmarks/store_write_throughput.py --gb $STORE_GB --threads 0 2 4 8
     ;;
   c)
     step 540 extract_arc_compile $B $ARC --mixes arc --runs compile --json "$OUT/extract_arc_compile.json"
