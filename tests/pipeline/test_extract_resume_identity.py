@@ -114,12 +114,12 @@ def test_weights_replaced_at_the_same_path_are_refused(ref, capsys):
     write_random_model(model, preset="tiny", seed=1)
     assert json.loads((model / "config.json").read_text()) == json.loads((ref["model"] / "config.json").read_text())
     _refused(capsys, extract_args(model, ref["tasks"], dest, *OPTIONS), dest,
-             f"the weights at {model} changed since this store was created", "sampled-sha256-v2:")
+             f"the model at {model} (its weights or tokenizer) changed since this store was created", "sampled-sha256-v2:")
     # ... and other weights under another name name both
     other = ref["root"] / "models" / "other"
     write_random_model(other, preset="tiny", seed=2)
     _refused(capsys, extract_args(other, ref["tasks"], dest, *OPTIONS), dest,
-             f"created with the model {model}", f"{other} holds other weights")
+             f"created with the model {model}", f"{other} holds other weights or another tokenizer")
 
 
 def test_a_tokenizer_edited_at_the_same_path_is_refused(ref, capsys):
@@ -133,7 +133,7 @@ def test_a_tokenizer_edited_at_the_same_path_is_refused(ref, capsys):
     try:
         path.write_text(json.dumps(tok_config, indent=2))
         _refused(capsys, extract_args(ref["model"], ref["tasks"], dest, *OPTIONS), dest,
-                 f"at {ref['model']} changed since this store was created")
+                 f"at {ref['model']} (its weights or tokenizer) changed since this store was created")
     finally:
         path.write_text(original)
 

@@ -76,13 +76,13 @@ def test_open_keeps_the_original_metadata_and_refuses_other_weights(tmp_path):
         open_or_create_store(str(dest), meta(fp=FP_B))
     msg = str(err.value)
     assert "\n" not in msg
-    assert "the weights at /models/m changed since this store was created" in msg
+    assert "the model at /models/m (its weights or tokenizer) changed since this store was created" in msg
     assert "sampled-sha256-v2:aaaaaaaaaaaa" in msg and "sampled-sha256-v2:bbbbbbbbbbbb" in msg
 
     with pytest.raises(UserError) as err:
         open_or_create_store(str(dest), meta(name="/other/m", fp=FP_B, positions="last"))
     msg = str(err.value)
-    assert "created with the model /models/m" in msg and "/other/m holds other weights" in msg
+    assert "created with the model /models/m" in msg and "/other/m holds other weights or another tokenizer" in msg
     assert "Other settings differ too: positions" in msg
 
     with pytest.raises(UserError, match=r"tasks\.fingerprint: store has \"tasks-sha256-v1:111111111111\""):

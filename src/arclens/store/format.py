@@ -193,7 +193,7 @@ def _short(fingerprint):
 
 def describe_differences(old: dict, new: dict, diffs: list[str], dest: str) -> str:
     """The one-line refusal for a resume into ``dest`` whose settings differ in ``diffs``
-    (``metadata_differences(old, new)``, non-empty). Other weights get a message of their own:
+    (``metadata_differences(old, new)``, non-empty). Another model (weights or tokenizer) gets a message of its own:
     that is the mistake that would silently mix two models' activations into one store."""
     others = [d for d in diffs if not d.startswith("model.")]
     also = f" Other settings differ too: {', '.join(others)}." if others else ""
@@ -202,13 +202,13 @@ def describe_differences(old: dict, new: dict, diffs: list[str], dest: str) -> s
         was, now = m_old.get("name"), m_new.get("name")
         fp_old, fp_new = _short(m_old.get(FINGERPRINT_FIELD)), _short(m_new.get(FINGERPRINT_FIELD))
         if was == now:
-            what = (f"the weights at {now} changed since this store was created (weights fingerprint "
-                    f"{fp_old} then, {fp_new} now)")
+            what = (f"the model at {now} (its weights or tokenizer) changed since this store was created "
+                    f"(model fingerprint {fp_old} then, {fp_new} now)")
         else:
-            what = (f"this store was created with the model {was} (weights fingerprint {fp_old}), and "
-                    f"{now} holds other weights ({fp_new})")
+            what = (f"this store was created with the model {was} (model fingerprint {fp_old}), and "
+                    f"{now} holds other weights or another tokenizer ({fp_new})")
         return (f"{dest}: {what}; resuming would mix activations of two models. Use another --out, or "
-                f"the original weights to resume.{also}")
+                f"the original model to resume.{also}")
     details = "; ".join(describe_difference(old, new, d) for d in diffs[:6])
     return (f"{dest} already holds a store with other settings ({', '.join(diffs)}): {details}. "
             "Use another --out, or the original settings to resume.")
