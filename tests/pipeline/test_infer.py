@@ -234,3 +234,40 @@ def test_a_correct_answer_parses_and_reverts_to_the_true_output(tokenizer):
         assert r["output_text"] == answer  # the EOS is not part of the text
         assert r["grid"] == [list(row) for row in s.augmentation.apply(truth)]
         assert r["reverted_grid"] == [list(row) for row in truth]
+
+
+def test_resume_follows_the_model_not_the_spelling_of_its_path(first_run, tiny_model_dir, tasks_file, tmp_path,
+                                                               capsys, monkeypatch):
+    """infer.json records the model's fingerprint: another spelling or a copy of the same
+    checkpoint resumes; other weights under any name are refused before anything is written."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    out = tmp_path / "run"
+    shutil.copytree(first_run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    copy = tmp_path / "copy-of-model"
+    shutil.copytree(tiny_model_dir, copy)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert _infer("copy-of-model", tasks_file, out, *HOOKS) == 0  # a relative path to a copy
+    assert "tasks: 3 (3 already predicted, skipped)" in capsys.readouterr().out
+
+    weights = copy / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.endswith("input_layernorm.weight"))
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert _infer("copy-of-model", tasks_file, out, *HOOKS) == 2
+    assert "model_fingerprint" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+    # A run folder from before fingerprints resumes under the same spelling only, as it did.
+    settings = json.loads((out / "infer.json").read_text())
+    del settings["model_fingerprint"]
+    (out / "infer.json").write_text(json.dumps(settings))
+    assert _infer("copy-of-model", tasks_file, out, *HOOKS) == 2  # another name (and weights)
+    assert "model:" in capsys.readouterr().err
+    assert _infer(tiny_model_dir, tasks_file, out, *HOOKS) == 0  # the spelling it was created with
+    assert "tasks: 3 (3 already predicted, skipped)" in capsys.readouterr().out

@@ -34,6 +34,7 @@ from arclens.errors import UserError
 PREDICTIONS = "predictions.jsonl"
 SUBMISSION = "submission.json"
 SETTINGS = "infer.json"
+FINGERPRINT_KEY = "model_fingerprint"
 ACTIVATIONS = "activations"
 DEFAULT_BATCH_SIZE = {"cpu": 8}  # rows per batch by JAX backend; 64 on accelerators
 WINDOW_BATCHES = 4  # a window (the unit of writing and of resume) holds about this many batches
@@ -147,6 +148,12 @@ def check_settings(out: Path, settings: dict) -> None:
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: unreadable ({e}); remove it or use another --out") from None
         diffs = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if old.get(FINGERPRINT_KEY) and settings.get(FINGERPRINT_KEY):
+            # Both runs fingerprinted their model: that, not the spelling of --model, says whether
+            # it is the same one (model/fingerprint.py).
+            diffs = [k for k in diffs if k != "model"]
+        else:  # a run directory from before fingerprints: compare by name, as it did
+            diffs = [k for k in diffs if k != FINGERPRINT_KEY]
         if diffs:
             details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diffs[:4])
             raise UserError(f"--out {out} holds a run with other settings ({details}); use another --out")
@@ -173,10 +180,12 @@ class InferSettings:
     hooks: tuple = ()
     loop: str = "while"
     chunk: int = 32
+    model_fingerprint: str | None = None
 
     def to_json(self) -> dict:
         return {
             "model": self.model,
+            FINGERPRINT_KEY: self.model_fingerprint,
             "model_config": self.config.to_json(),
             "dtype": self.dtype,
             "prompt": self.prompt.to_json(),
@@ -240,6 +249,7 @@ def _default_batch_size() -> int:
 def validate(args) -> InferSettings:
     from arclens.data.loaders import load_tasks
     from arclens.model.config import QwenConfig
+    from arclens.model.fingerprint import model_fingerprint
     from arclens.model.hooks import parse_hooks
     from arclens.model.loading import resolve_model
     from arclens.prompts import PromptConfig, create_grid_encoder, load_tokenizer
@@ -262,6 +272,7 @@ def validate(args) -> InferSettings:
     model_path = resolve_model(args.model)
     config = QwenConfig.from_pretrained(model_path)
     hooks = parse_hooks(args.hooks, config.num_hidden_layers) if args.hooks else ()
+    fingerprint = model_fingerprint(model_path)  # before --out is touched: a bad checkpoint writes nothing
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +285,7 @@ def validate(args) -> InferSettings:
     return InferSettings(
         model=args.model, model_path=model_path, config=config, dtype=args.dtype, prompt=prompt, tasks=tasks,
         tasks_source=args.tasks, out=out, max_new_tokens=max_new,
-        batch_size=args.batch_size or _default_batch_size(), hooks=hooks,
+        batch_size=args.batch_size or _default_batch_size(), hooks=hooks, model_fingerprint=fingerprint,
     )
 
 
@@ -429,14 +440,21 @@ class _ActivationSink:
         self.dest = str(s.out / ACTIVATIONS)
         self.tokenizer, self.encoder = tokenizer, encoder
         self.version = get_prompt_version(s.prompt.version)
+        from arclens.pipeline.extract import is_random_checkpoint, tasks_fingerprint
+
+        model = {"name": s.model, "config": s.config.to_json(), "dtype": s.dtype,
+                 "random_weights": is_random_checkpoint(s.model_path)}
+        if s.model_fingerprint is not None:  # resumes compare by it, as extract's do
+            model["fingerprint"] = s.model_fingerprint
         meta = {
-            "model": {"name": s.model, "config": s.config.to_json(), "dtype": s.dtype},
+            "model": model,
             "hooks": [h.name for h in s.hooks],
             "dtype": s.dtype,
             "d_model": s.config.hidden_size,
             "positions": "generated",
             "prompt": s.prompt.to_json(),
-            "tasks": {"source": s.tasks_source, "count": len(s.tasks)},
+            "tasks": {"source": s.tasks_source, "count": len(s.tasks),
+                      "fingerprint": tasks_fingerprint(s.tasks, s.prompt.with_answer)},
             "generation": {"max_new_tokens": s.max_new_tokens, "decoding": "greedy"},
         }
         open_or_create_store(self.dest, meta)
