@@ -204,3 +204,32 @@ def test_batches_follow_the_documented_order(tmp_path_factory, sizes, shard_byte
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
         assert g.flags.owndata and g.flags.writeable and g.flags.c_contiguous and not isinstance(g, np.memmap)
+
+
+def test_background_batches_stop_with_their_consumer(store_dir):
+    """The thread that makes batches ahead starts on the first next() and ends when the consumer
+    stops early; an error in it reaches the consumer."""
+    import threading
+    import time
+
+    def makers():
+        return [t for t in threading.enumerate() if t.name == "arclens-batches"]
+
+    store = arclens.open_store(store_dir, prefetch=1)
+    unused = store.batches(HOOKS[0], batch_size=8)
+    assert not makers(), "nothing runs before the first next()"
+    it = store.batches(HOOKS[0], batch_size=8)
+    first = next(it)
+    assert first.shape == (8, D_MODEL) and makers()
+    it.close()
+    deadline = time.time() + 5
+    while makers() and time.time() < deadline:
+        time.sleep(0.02)
+    assert not makers(), "closing the consumer stops the producer"
+    del unused
+
+    store = arclens.open_store(store_dir, prefetch=1)
+    store.shards[-1].file.path += ".gone"  # the last shard disappears mid-epoch
+    with pytest.raises(FileNotFoundError):
+        for _ in store.batches(HOOKS[0], batch_size=8, shuffle=False):
+            pass

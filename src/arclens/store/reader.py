@@ -299,9 +299,9 @@ def _in_background(items: Iterator[T], depth: int) -> Iterator[T]:
         finally:
             items.close()
 
-    threading.Thread(target=produce, name="arclens-batches", daemon=True).start()
-
     def consume() -> Iterator[T]:
+        # Started by the first next(), so an iterator that is never iterated costs nothing.
+        threading.Thread(target=produce, name="arclens-batches", daemon=True).start()
         try:
             while True:
                 x = q.get()
