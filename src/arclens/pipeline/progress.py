@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -26,15 +27,24 @@ def _fmt_eta(seconds: float | None) -> str:
 
 
 class ProgressReporter:
-    def __init__(self, total_samples: int, *, enabled: bool = True, log_every_s: float = 30.0, stream=None):
+    """Counts samples and tokens as batches are written; rate and ETA come from the last
+    ``window_s`` seconds of progress, not from the start: the start includes loading and the first
+    compiles, and a run's first batches are its longest prompts, so an average since the start
+    would overstate the time left by an order of magnitude early on."""
+
+    def __init__(self, total_samples: int, *, enabled: bool = True, log_every_s: float = 30.0, stream=None,
+                 window_s: float = 60.0, clock=time.perf_counter):
         self.total = total_samples
         self.samples = 0
         self.tokens = 0
-        self._t0 = time.perf_counter()
+        self._clock = clock
+        self._t0 = clock()
         self._lock = threading.Lock()
         self._stream = stream or sys.stderr
         self._log_every = log_every_s
         self._last_log = self._t0
+        self._window_s = window_s
+        self._points: deque[tuple[float, int, int]] = deque()  # (time, samples, tokens) after each advance
         self._rich = None
         self._enabled = enabled
         if enabled and getattr(self._stream, "isatty", lambda: False)():
@@ -44,24 +54,38 @@ class ProgressReporter:
         with self._lock:
             self.samples += samples
             self.tokens += tokens
-            now = time.perf_counter()
-            rate = self.tokens / max(now - self._t0, 1e-9)
+            now = self._clock()
+            self._points.append((now, self.samples, self.tokens))
+            # Keep one point at or before the window's start, so the window always spans it.
+            while len(self._points) > 2 and self._points[1][0] <= now - self._window_s:
+                self._points.popleft()
             if self._rich is not None:
                 progress, task = self._rich
-                progress.update(task, advance=samples, tok_rate=f"{_fmt_rate(rate)} tok/s")
+                rate = self.rates()[1]
+                progress.update(task, advance=samples, tok_rate=f"{_fmt_rate(rate)} tok/s" if rate else "")
             elif self._enabled and now - self._last_log >= self._log_every:
                 self._last_log = now
                 print(self.line(), file=self._stream, flush=True)
 
+    def rates(self) -> tuple[float | None, float | None]:
+        """(samples/s, tokens/s) over the recent window; None before two batches have finished."""
+        if len(self._points) < 2:
+            return None, None
+        (t0, s0, k0), (t1, s1, k1) = self._points[0], self._points[-1]
+        dt = t1 - t0
+        if dt <= 0:
+            return None, None
+        return (s1 - s0) / dt, (k1 - k0) / dt
+
     def line(self) -> str:
-        elapsed = time.perf_counter() - self._t0
-        rate = self.tokens / max(elapsed, 1e-9)
+        sample_rate, token_rate = self.rates()
         eta = None
-        if self.samples:
-            eta = elapsed / self.samples * max(self.total - self.samples, 0)
+        if sample_rate:
+            eta = max(self.total - self.samples, 0) / sample_rate
+        rate = f"{_fmt_rate(token_rate)} tokens/s" if token_rate is not None else "tokens/s ?"
         return (
             f"arclens extract: {self.samples}/{self.total} samples, {self.tokens:,} tokens, "
-            f"{_fmt_rate(rate)} tokens/s, ETA {_fmt_eta(eta)}"
+            f"{rate}, ETA {_fmt_eta(eta)}"
         )
 
     def close(self) -> None:
