@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(p)
     p.add_argument("--out", required=True)
     p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per batch on each device (default 64 on accelerators, 8 on CPU)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--hooks", nargs="+", default=None, help="also store these hooks at every generated token")
+    p.add_argument("--devices", type=int, default=None,
+                   help="use the first N local devices, one model replica and batch stream each (default: all)")
     _add_prompt_options(p)
     _add_distributed_options(p)
 

@@ -13,14 +13,22 @@ Files in ``--out DIR`` (docs/INFERENCE.md):
 - ``activations/`` (with ``--hooks``): an activation store (SPEC.md section 3) of the hooks at
   every generated token; committed before the window's predictions are appended, and resumed by
   its committed keys.
+
+Devices: data parallelism over the local devices of this one process (``--devices N``, default
+all): one parameter replica and one worker thread per device, pulling batches from a shared
+queue. Batches are formed per window exactly as one ``generate()`` call over the window forms
+them, so every batch is the same computation whatever the number of devices, and the main thread
+writes whole windows in order: the files are identical for any ``--devices``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -181,6 +189,7 @@ class InferSettings:
     loop: str = "while"
     chunk: int = 32
     model_fingerprint: str | None = None
+    devices: int = 1  # the first N of jax.local_devices(); not a setting of the run (outputs do not depend on it)
 
     def to_json(self) -> dict:
         return {
@@ -204,13 +213,21 @@ class InferSummary:
     stop_reasons: dict = field(default_factory=dict)
     generate_s: float = 0.0
     wall_s: float = 0.0
+    device_kind: str = ""
+    device_batches: list[int] = field(default_factory=list)  # batches generated on each device used
 
     def lines(self) -> list[str]:
         rate = self.new_tokens / self.generate_s if self.generate_s else 0.0
+        if self.device_batches:
+            devices = (f"devices: {len(self.device_batches)} ({self.device_kind}), one model replica each; "
+                       f"batches per device: {', '.join(map(str, self.device_batches))}")
+        else:
+            devices = "devices: none used (nothing to generate)"
         return [
             f"tasks: {self.tasks} ({self.skipped_tasks} already predicted, skipped)",
             f"samples generated: {self.samples}, parsed into a grid: {self.parsed}, stops: {self.stop_reasons}",
             f"new tokens: {self.new_tokens} in {self.generate_s:.1f} s ({rate:.1f} tokens/s); wall {self.wall_s:.1f} s",
+            devices,
         ]
 
 
@@ -246,6 +263,23 @@ def _default_batch_size() -> int:
     return DEFAULT_BATCH_SIZE.get(jax.default_backend(), 64)
 
 
+def _device_count(requested: int | None) -> int:
+    """``--devices``: how many of this process's local devices to use (default: all)."""
+    import jax
+
+    local = jax.local_devices()
+    if requested is None:
+        return len(local)
+    if requested < 1:
+        raise UserError(f"--devices: expected a positive number, got {requested}")
+    if requested > len(local):
+        raise UserError(
+            f"--devices {requested}: this host has {len(local)} local {local[0].platform} device(s); "
+            f"use --devices {len(local)} or fewer (the default uses them all)"
+        )
+    return requested
+
+
 def validate(args) -> InferSettings:
     from arclens.data.loaders import load_tasks
     from arclens.model.config import QwenConfig
@@ -254,11 +288,16 @@ def validate(args) -> InferSettings:
     from arclens.model.loading import resolve_model
     from arclens.prompts import PromptConfig, create_grid_encoder, load_tokenizer
 
-    if args.num_processes not in (None, 1) or args.coordinator or (args.num_workers or 1) > 1 or args.mesh:
+    if args.num_processes not in (None, 1) or args.coordinator or (args.num_workers or 1) > 1:
         raise UserError(
-            "infer runs as one process on one device for now; --coordinator/--num-processes/"
-            "--num-workers/--mesh are accepted by extract only (split the tasks with `arclens streams` "
+            "infer runs as one process (on its local devices, --devices N); --coordinator/--num-processes/"
+            "--num-workers are accepted by extract only (split the tasks with `arclens streams` "
             "and run one infer per stream instead)"
+        )
+    if args.mesh:
+        raise UserError(
+            "infer does not shard the model: --mesh is accepted by extract only; infer runs one model "
+            "replica per local device (--devices N, default all)"
         )
     prompt = PromptConfig.from_args(args)
     prompt.validate()
@@ -268,6 +307,7 @@ def validate(args) -> InferSettings:
         raise UserError(f"--max-new-tokens: expected a positive number, got {args.max_new_tokens}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: expected a positive number, got {args.batch_size}")
+    devices = _device_count(getattr(args, "devices", None))
     tasks = load_tasks(args.tasks, args.solutions, args.max_tasks)
     model_path = resolve_model(args.model)
     config = QwenConfig.from_pretrained(model_path)
@@ -286,6 +326,7 @@ def validate(args) -> InferSettings:
         model=args.model, model_path=model_path, config=config, dtype=args.dtype, prompt=prompt, tasks=tasks,
         tasks_source=args.tasks, out=out, max_new_tokens=max_new,
         batch_size=args.batch_size or _default_batch_size(), hooks=hooks, model_fingerprint=fingerprint,
+        devices=devices,
     )
 
 
@@ -339,7 +380,90 @@ def infer(s: InferSettings, *, progress: bool = True) -> InferSummary:
     return summary
 
 
+def window_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """The batches of one window, as ``generate()`` forms them from the window's prompts: longest
+    first (a stable sort), cut every ``batch_size``. Each is given to ``generate()`` on its own
+    (already sorted, so it stays one batch in this order): the same computation, row for row, as
+    one ``generate()`` over the whole window, on whichever device runs it."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class _Window:
+    tasks: list
+    samples: list
+    batches: list  # [np.ndarray of indices into samples]
+    results: dict = field(default_factory=dict)  # batch -> [(sample index, Generation)]
+    new_tokens: int = 0
+
+
+class _Replicas:
+    """One worker thread per device, each with its own parameter replica, pulling ``(window,
+    batch, prompts, fences_needed)`` jobs from a shared queue and putting ``(device index, job,
+    generations, stats)`` on the results queue (or the exception that stopped it).
+
+    A worker runs ``generate()`` under ``jax.default_device(its device)``: the numpy inputs and the
+    small arrays generate() makes (EOS ids, fence tables, tokens, lengths, compaction indices) are
+    created there, next to the replica, so every jitted call (``_start``, ``_decode_chunk``,
+    ``_decode_one``, ``_gather_rows``) runs on that device with nothing to move. Implicit transfers
+    between devices are disallowed there (``jax.transfer_guard_device_to_device``): a stray array
+    on another device is a placement bug and fails loudly instead of copying at every step. XLA
+    releases the GIL while it runs, so the devices work at once."""
+
+    def __init__(self, params, devices, run):
+        self.devices = list(devices)
+        self.jobs: queue.Queue = queue.Queue()
+        self.results: queue.Queue = queue.Queue()
+        self._run = run
+        self._threads = [
+            threading.Thread(target=self._work, args=(k, d, params), name=f"arclens-infer-{d}", daemon=True)
+            for k, d in enumerate(self.devices)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, k, device, params) -> None:
+        import jax
+
+        try:
+            replica = jax.device_put(params, device)  # a no-op on the device the weights were loaded to
+            while (job := self.jobs.get()) is not None:
+                with jax.default_device(device), jax.transfer_guard_device_to_device("disallow"):
+                    out = self._run(replica, *job[2:])
+                self.results.put((k, job, *out))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            self.results.put((k, None, e, None))
+
+    def submit(self, window: int, batch: int, prompts, needed) -> None:
+        self.jobs.put((window, batch, prompts, needed))
+
+    def result(self):
+        """The next finished job: ``(device index, (window, batch), generations, stats)``."""
+        while True:
+            try:  # a timeout keeps the wait interruptible (Ctrl-C) everywhere
+                k, job, out, stats = self.results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if job is None:
+                raise out
+            return k, job[:2], out, stats
+
+    def close(self) -> None:
+        """Drop the jobs not started, and wait for the running ones (a batch each) to end."""
+        try:
+            while True:
+                self.jobs.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in self._threads:
+            self.jobs.put(None)
+        for t in self._threads:
+            t.join()
+
+
 def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, progress: bool) -> list[dict]:
+    import jax
     import jax.numpy as jnp
 
     from arclens.model.generate import GenerateStats, StopRule, generate, tokenizer_fence_tables
@@ -353,42 +477,90 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     if "```" in encoder.to_text(((0,),)):  # the answer is a code block: stop at its closing fence
         fc, fs = tokenizer_fence_tables(tokenizer, s.config.vocab_size)
         stop = StopRule(eos_ids=stop.eos_ids, fence_count=fc, fence_state=fs)
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    def run(replica, prompts, needed):
+        stats = GenerateStats()
+        gens = list(generate(
+            replica, s.config, prompts, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, stop=stop,
+            fences_needed=needed, hooks=s.hooks, chunk=s.chunk, loop=s.loop, pad_id=pad_id, stats=stats,
+        ))
+        return gens, stats
+
+    devices = jax.local_devices()[: s.devices]
+    summary.device_kind = devices[0].device_kind
+    summary.device_batches = [0] * len(devices)
+    if progress:
+        print(f"generating on {len(devices)} device(s) ({devices[0].device_kind}), one model replica each",
+              file=sys.stderr)
     store = _ActivationSink(s, tokenizer, encoder) if s.hooks else None
     new_records: list[dict] = []
     windows = _windows(pending, expected, s.batch_size * WINDOW_BATCHES)
-    for w, window in enumerate(windows):
-        samples = list(render_samples(window, tokenizer, s.prompt))
-        stats = GenerateStats()
+    # Batches in flight (queued or running) kept at about two per device, whole windows at a time;
+    # finished windows are written strictly in order, so later ones wait in memory until then.
+    max_in_flight = 2 * len(devices)
+    state: dict[int, _Window] = {}
+    fed = written = in_flight = 0
+    t_start = t_last = time.perf_counter()
+
+    def feed(w: int) -> int:
+        samples = list(render_samples(windows[w], tokenizer, s.prompt))
         # A prompt inside an open code block (arc24's inference prompts end in ```grid) needs one
         # more fence to close it; otherwise the answer opens and closes its own.
-        needed = [1 if smp.text.count("```") % 2 else 2 for smp in samples]
-        t0 = time.perf_counter()
+        needed = np.array([1 if smp.text.count("```") % 2 else 2 for smp in samples], np.int32)
+        batches = window_batches([len(smp.token_ids) for smp in samples], s.batch_size)
+        state[w] = _Window(tasks=windows[w], samples=samples, batches=batches)
+        for b, idx in enumerate(batches):
+            pool.submit(w, b, [samples[i].token_ids for i in idx], needed[idx])
+        return len(batches)
+
+    def write(w: int, win: _Window) -> None:
+        nonlocal t_last
         window_records = []
-        for i, gen in generate(
-            params, s.config, [smp.token_ids for smp in samples], max_new_tokens=s.max_new_tokens,
-            batch_size=s.batch_size, stop=stop, fences_needed=needed, hooks=s.hooks, chunk=s.chunk, loop=s.loop,
-            pad_id=int(tokenizer.pad_token_id or 0), stats=stats,
-        ):
-            rec = _record(samples[i], gen, tokenizer, encoder)
-            window_records.append(rec)
-            if store is not None:
-                store.add(samples[i], gen)
-            summary.samples += 1
-            summary.parsed += rec["grid"] is not None
-            summary.stop_reasons[gen.stop_reason] = summary.stop_reasons.get(gen.stop_reason, 0) + 1
-        summary.generate_s += time.perf_counter() - t0
-        summary.new_tokens += stats.new_tokens
+        for b, idx in enumerate(win.batches):  # the order one generate() over the window yields in
+            for j, gen in win.results[b]:
+                sample = win.samples[idx[j]]
+                rec = _record(sample, gen, tokenizer, encoder)
+                window_records.append(rec)
+                if store is not None:
+                    store.add(sample, gen)
+                summary.samples += 1
+                summary.parsed += rec["grid"] is not None
+                summary.stop_reasons[gen.stop_reason] = summary.stop_reasons.get(gen.stop_reason, 0) + 1
+        summary.new_tokens += win.new_tokens
         if store is not None:
             store.flush()  # activations are committed before the predictions that mark a task done
         window_records.sort(key=lambda r: (r["task_id"], r["test_index"], int(r["key"].rsplit("/", 1)[1])))
         append_lines(s.out / PREDICTIONS, window_records)
-        new_records += window_records
+        new_records.extend(window_records)
+        now = time.perf_counter()
         if progress:
             print(
-                f"window {w + 1}/{len(windows)}: {len(window)} tasks, {len(samples)} samples, "
-                f"{stats.new_tokens} new tokens in {time.perf_counter() - t0:.1f} s",
+                f"window {w + 1}/{len(windows)}: {len(win.tasks)} tasks, {len(win.samples)} samples, "
+                f"{win.new_tokens} new tokens in {now - t_last:.1f} s",
                 file=sys.stderr,
             )
+        t_last = now
+
+    pool = _Replicas(params, devices, run)
+    try:
+        while True:
+            while fed < len(windows) and (fed == written or in_flight < max_in_flight):
+                in_flight += feed(fed)
+                fed += 1
+            while written in state and len(state[written].results) == len(state[written].batches):
+                write(written, state.pop(written))
+                written += 1
+            if written == len(windows):
+                break
+            k, (w, b), gens, stats = pool.result()
+            in_flight -= 1
+            state[w].results[b] = gens
+            state[w].new_tokens += stats.new_tokens
+            summary.device_batches[k] += 1
+    finally:
+        pool.close()
+        summary.generate_s += time.perf_counter() - t_start
     if store is not None:
         store.close()
     return new_records
