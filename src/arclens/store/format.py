@@ -311,11 +311,14 @@ def write_shard(f, tensors: dict[str, list[np.ndarray]], dtypes: dict[str, np.dt
     return total, digest.hexdigest()
 
 
-_COALESCE_BYTES = 8 << 20
+# 1 MB: an ARC prompt's capture (~1,000+ tokens x 1.8 KB for 0.5B) goes out uncopied, while a
+# --positions last store's 1-token samples still reach the file ~500 at a time. 8 MB copied every
+# ARC-sized sample once more; 1 MB wrote 1.25x faster inline here (docs/BENCHMARKS.md).
+_COALESCE_BYTES = 1 << 20
 
 
 def _coalesced(chunks: list[np.ndarray], dtype: np.dtype):
-    """The chunks as contiguous arrays, small neighbours joined into ~8 MB pieces: one write and
+    """The chunks as contiguous arrays, small neighbours joined into ~1 MB pieces: one write and
     hash call per piece instead of per sample (``--positions last`` gives 1-token samples), while
     large chunks go out as they are, uncopied."""
     pending, pending_bytes = [], 0
