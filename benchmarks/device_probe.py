@@ -8,7 +8,10 @@ For each batch shape it measures, on a RANDOM-weight checkpoint with 4 resid_pos
   sync-d2h   compute, then np.asarray of every capture (no overlap)
   pipelined  the next batch dispatched before the previous one's captures are read, with
              copy_to_host_async started at dispatch (what pipeline/device.py does)
-plus the one-shape compile time and the raw device-to-host bandwidth of a 256 MB bf16 array.
+  pinned_host  the same, with the outputs placed in pinned host memory by the program itself
+             (ARCLENS_CAPTURE_MEMORY=pinned_host)
+plus the one-shape compile time and the raw device-to-host bandwidth of a 256 MB bf16 array,
+into pageable numpy memory and into pinned host memory.
 Prints a table; with $OUT set also writes device_probe.json there.
 """
 
@@ -67,7 +70,22 @@ def main() -> int:
     t0 = time.perf_counter()
     np.asarray(big2)
     results["d2h_GBps_after_async"] = big2.nbytes / (time.perf_counter() - t0) / 1e9
+    try:  # the same copy into pinned host memory, as a transfer XLA schedules itself
+        pinned = jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")
+        big3 = jnp.ones((128 * 1024 * 1024,), jnp.bfloat16) + 2
+        big3.block_until_ready()
+        t0 = time.perf_counter()
+        jax.device_put(big3, pinned).block_until_ready()
+        results["d2h_GBps_pinned_host"] = big3.nbytes / (time.perf_counter() - t0) / 1e9
+        del big3
+    except Exception as err:  # noqa: BLE001 - a backend without pinned host memory is a finding
+        results["d2h_GBps_pinned_host"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     del big, big2
+    try:
+        jitted_pinned = jax.jit(capture, out_shardings=jax.sharding.SingleDeviceSharding(
+            jax.devices()[0], memory_kind="pinned_host"))
+    except Exception:  # noqa: BLE001
+        jitted_pinned = None
 
     for spec in args.shapes:
         b, t = (int(x) for x in spec.split("x"))
@@ -105,8 +123,24 @@ def main() -> int:
                 host = {k: np.asarray(v) for k, v in prev.items()}
             prev = cur
         r["pipelined_tok_s"] = args.iters * b * t / (time.perf_counter() - t0)
+
+        # pinned_host outputs (ARCLENS_CAPTURE_MEMORY=pinned_host): the program writes the
+        # captures to host memory itself; reading them is then a host-memory read.
+        try:
+            cp = jitted_pinned.lower(params, tokens[0], lengths).compile()
+            jax.block_until_ready(cp(params, tokens[0], lengths))
+            t0 = time.perf_counter()
+            prev = None
+            for i in range(args.iters + 1):
+                cur = cp(params, tokens[i % 2], lengths) if i < args.iters else None
+                if prev is not None:
+                    host = {k: np.asarray(v) for k, v in prev.items()}
+                prev = cur
+            r["pinned_host_tok_s"] = args.iters * b * t / (time.perf_counter() - t0)
+        except Exception as err:  # noqa: BLE001
+            r["pinned_host_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         results["shapes"][spec] = r
-        print(spec, {k: round(v, 2) for k, v in r.items()}, flush=True)
+        print(spec, {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
 
     print(json.dumps(results, indent=1))
     if os.environ.get("OUT"):
