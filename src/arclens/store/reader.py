@@ -188,8 +188,9 @@ class Store:
         the shard order is a permutation drawn from ``seed``, and tokens are uniformly permuted
         within consecutive windows of ``buffer_shards`` shards (plus the fewer than
         ``batch_size`` tokens carried over from the previous window). Deterministic for a seed;
-        pass a different seed per epoch. Memory: about ``buffer_shards`` shards of one hook, plus
-        a few batches made ahead of the consumer when the store was opened with ``prefetch > 0``.
+        pass a different seed per epoch. Memory: about ``buffer_shards`` shards of one hook; with
+        ``prefetch > 0`` (the default) twice that, as the next window is read while this one is
+        cut, plus a few batches made ahead of the consumer.
         """
         (hook,) = self._check_hooks([hook])
         if batch_size <= 0 or buffer_shards <= 0:
@@ -237,6 +238,7 @@ class Store:
                 for i in range(0, full, bs):
                     yield _cast(np.take(pool, perm[i : i + bs], axis=0), out_dtype)
                 carry = np.take(pool, perm[full:], axis=0)
+                del pool, perm  # freed before the next window is read, not after
                 continue
             start = 0
             if carry.shape[0]:
