@@ -271,3 +271,21 @@ def test_resume_follows_the_model_not_the_spelling_of_its_path(first_run, tiny_m
     assert "model:" in capsys.readouterr().err
     assert _infer(tiny_model_dir, tasks_file, out, *HOOKS) == 0  # the spelling it was created with
     assert "tasks: 3 (3 already predicted, skipped)" in capsys.readouterr().out
+
+
+def test_infer_json_compares_fingerprints_of_one_scheme_else_names(tmp_path):
+    from arclens.errors import UserError
+    from arclens.pipeline.infer import check_settings
+
+    def settings(name, fp):
+        return {"model": name, "model_fingerprint": fp, "dtype": "float32"}
+
+    v2a, v2b, v1a = "sampled-sha256-v2:" + "a" * 64, "sampled-sha256-v2:" + "b" * 64, "sampled-sha256-v1:" + "a" * 64
+    check_settings(tmp_path, settings("/m", v2a))  # creates infer.json
+    check_settings(tmp_path, settings("./m", v2a))  # same model, another spelling
+    with pytest.raises(UserError, match="model_fingerprint"):
+        check_settings(tmp_path, settings("/m", v2b))  # other weights, same spelling
+    # a fingerprint of another scheme cannot be compared: the name decides, as before fingerprints
+    check_settings(tmp_path, settings("/m", v1a))
+    with pytest.raises(UserError, match="model"):
+        check_settings(tmp_path, settings("./m", v1a))

@@ -147,6 +147,12 @@ def _rewrite_lines(path: Path, records: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _same_scheme(a, b) -> bool:
+    """Two fingerprints that can be compared: both present, made by the same scheme (``scheme:hex``).
+    Otherwise the run folder predates this scheme, and the model is compared by name."""
+    return isinstance(a, str) and isinstance(b, str) and a.partition(":")[0] == b.partition(":")[0]
+
+
 def check_settings(out: Path, settings: dict) -> None:
     """Create ``infer.json``, or refuse a resume whose settings differ."""
     path = out / SETTINGS
@@ -156,7 +162,7 @@ def check_settings(out: Path, settings: dict) -> None:
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: unreadable ({e}); remove it or use another --out") from None
         diffs = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if old.get(FINGERPRINT_KEY) and settings.get(FINGERPRINT_KEY):
+        if _same_scheme(old.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)):
             # Both runs fingerprinted their model: that, not the spelling of --model, says whether
             # it is the same one (model/fingerprint.py).
             diffs = [k for k in diffs if k != "model"]
@@ -458,6 +464,10 @@ class _Replicas:
             pass
         for _ in self._threads:
             self.jobs.put(None)
+        busy = [t for t in self._threads if t.is_alive()]
+        if busy and sys.exc_info()[0] is not None:  # stopping on an error or Ctrl-C: say why we wait
+            print(f"arclens infer: stopping; waiting for the batches running on {len(busy)} device(s) to end",
+                  file=sys.stderr, flush=True)
         for t in self._threads:
             t.join()
 
