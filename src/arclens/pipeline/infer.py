@@ -509,6 +509,9 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     # Batches in flight (queued or running) kept at about two per device, whole windows at a time;
     # finished windows are written strictly in order, so later ones wait in memory until then.
     max_in_flight = 2 * len(devices)
+    # ... and at most this many windows past the oldest unwritten one: one slow batch holds back
+    # the writing of every later window, whose generations (and --hooks captures) wait in memory.
+    max_windows_ahead = 2 * len(devices) + 1
     state: dict[int, _Window] = {}
     fed = written = in_flight = 0
     t_start = t_last = time.perf_counter()
@@ -555,7 +558,8 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     pool = _Replicas(params, devices, run)
     try:
         while True:
-            while fed < len(windows) and (fed == written or in_flight < max_in_flight):
+            while fed < len(windows) and (fed == written or (in_flight < max_in_flight
+                                                              and fed - written < max_windows_ahead)):
                 in_flight += feed(fed)
                 fed += 1
             while written in state and len(state[written].results) == len(state[written].batches):
