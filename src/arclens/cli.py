@@ -8,6 +8,7 @@ on stderr and exit status 2 (SPEC.md section 2); anything else is a bug and keep
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -173,6 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("arclens: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in _OUT_OF_SPACE:
+            raise
+        # Not a bug and not bad input: the run stopped cleanly at a shard boundary (the partial
+        # shard is removed, committed ones are intact), so say so in one line; exit 1, not 2.
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"arclens: error: {err.strerror or 'out of space'}{where}. Everything committed before "
+              "it is kept (`arclens verify` checks it); free some space and rerun the same command to "
+              "resume.", file=sys.stderr)
+        return 1
+
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 if __name__ == "__main__":

@@ -396,10 +396,15 @@ class StoreWriter:
             spool_dir = self._spool_dir
         fd, tmp = tempfile.mkstemp(prefix=".spool-", suffix=".safetensors", dir=spool_dir)
         try:
-            with os.fdopen(fd, "wb") as f:
-                size, sha = write_shard(f, chunks, self._dtypes, meta)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    size, sha = write_shard(f, chunks, self._dtypes, meta)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as err:
+                if err.filename is None:  # a full disk says which disk: name the file being written
+                    err.filename = final if self._local else tmp
+                raise
             if self._local:
                 os.replace(tmp, final)
                 fsx._fsync_dir(os.path.dirname(final))
