@@ -61,3 +61,22 @@ def test_other_os_errors_keep_their_traceback(monkeypatch):
 
 def _raise_eio(args):
     raise OSError(errno.EIO, "Input/output error")
+
+
+def _raise_unavailable(args):
+    from arclens.errors import StorageUnavailable
+
+    raise StorageUnavailable("write gs://b/run/shards/w-000003.safetensors: still failing after 6 attempts "
+                             "(ServiceUnavailable: 503)")
+
+
+def test_a_store_that_stops_answering_is_one_line_and_exit_1(monkeypatch, capsys):
+    from arclens import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", f"{__name__}:_raise_unavailable")
+    assert main(["inspect", "gs://b/run"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    want = ("arclens: error: write gs://b/run/shards/w-000003.safetensors: still failing after 6 attempts "
+            "(ServiceUnavailable: 503). Everything committed before it is kept; rerun the same command "
+            "to resume once the store answers again.")
+    assert err == [want]

@@ -76,6 +76,17 @@ def test_transient_errors_are_classified():
     assert fsx.is_transient(ConnectionResetError())
     assert fsx.is_transient(TimeoutError())
     assert fsx.is_transient(OSError(5, "503 SlowDown"))
+    # what s3fs makes of S3's throttling and 5xx answers: an errno and the server's message only
+    import errno
+
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    for code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+        boto = ClientError({"Error": {"Code": code, "Message": "please retry"}}, "PutObject")
+        assert fsx.is_transient(translate_boto_error(boto)), code
+    assert fsx.is_transient(OSError(errno.EBUSY, "please retry"))
+    assert not fsx.is_transient(OSError(errno.EACCES, "Access Denied"))
     assert not fsx.is_transient(FileExistsError())
     assert not fsx.is_transient(PermissionError())
     assert not fsx.is_transient(ValueError("x"))
@@ -99,6 +110,11 @@ def test_with_retries_retries_transient_only(monkeypatch):
     assert fsx.with_retries("flaky", flaky) == "ok" and calls == [0, 1, 2]
     with pytest.raises(FileExistsError):
         fsx.with_retries("definite", lambda a: calls.append(a) or (_ for _ in ()).throw(FileExistsError()))
+    # a transient error that outlasts the retries becomes StorageUnavailable, still an OSError
+    from arclens.errors import StorageUnavailable
+
+    with pytest.raises(StorageUnavailable, match=r"^put x: still failing after 3 attempts \(ConnectionResetError"):
+        fsx.with_retries("put x", lambda a: (_ for _ in ()).throw(ConnectionResetError("reset")), attempts=3)
 
 
 def test_storage_options_from_env(monkeypatch):

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from arclens.errors import UserError
+from arclens.errors import StorageUnavailable, UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +109,8 @@ _TRANSIENT_NAMES = {
     "ReadTimeoutError", "ConnectTimeoutError", "ResponseStreamingError", "TransportError",
     "IncompleteReadError", "RemoteDisconnected",
 }
+_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EREMOTEIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET,
+                     errno.ECONNABORTED, errno.ECONNREFUSED}
 _PERMANENT_OS = (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError,
                  NotADirectoryError)
 
@@ -124,7 +126,11 @@ def is_transient(err: BaseException) -> bool:
         return True
     if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(err).__mro__):
         return True
-    # s3fs translates botocore errors into OSError(errno, message); keep retrying the 5xx ones.
+    # s3fs translates botocore errors into OSError(errno, message), keeping only the message: it
+    # maps 503 ServiceUnavailable / SlowDown (throttling, common with many writers on one bucket)
+    # and OperationAborted / 409 conflicts to EBUSY, and 500 InternalError to EREMOTEIO.
+    if isinstance(err, OSError) and err.errno in _TRANSIENT_ERRNOS:
+        return True
     if isinstance(err, OSError):
         text = str(err)
         return any(s in text for s in ("500", "502", "503", "504", "SlowDown", "InternalError",
@@ -132,14 +138,19 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
-def with_retries(what: str, call: Callable[[int], T], attempts: int = RETRY_ATTEMPTS) -> T:
-    """Run ``call(attempt)`` until it succeeds, retrying transient errors with jittered backoff."""
+def with_retries(what: str, call: Callable[[int], T], attempts: int | None = None) -> T:
+    """Run ``call(attempt)`` until it succeeds, retrying transient errors with jittered backoff
+    (``attempts`` in all, default ``RETRY_ATTEMPTS`` read at call time)."""
+    attempts = RETRY_ATTEMPTS if attempts is None else attempts
     for attempt in range(attempts):
         try:
             return call(attempt)
         except Exception as err:
-            if attempt + 1 >= attempts or not is_transient(err):
+            if not is_transient(err):
                 raise
+            if attempt + 1 >= attempts:
+                raise StorageUnavailable(
+                    f"{what}: still failing after {attempts} attempts ({type(err).__name__}: {err})") from err
             delay = min(RETRY_MAX_S, RETRY_BASE_S * 2**attempt) * (0.5 + random.random())
             log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(err).__name__, err,
                         attempt + 1, attempts - 1, delay)
