@@ -12,7 +12,7 @@ import errno
 import importlib
 import sys
 
-from arclens.errors import StorageUnavailable, UserError
+from arclens.errors import RunFailed, StorageUnavailable, UserError
 
 DEFAULT_ENCODER = "GridShapeEncoder(RowNumberEncoder(MinimalGridEncoder()))"
 DEFAULT_PROMPT_VERSION = "output-from-examples-v1"
@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     except StorageUnavailable as err:
         print(f"arclens: error: {err}. Everything committed before it is kept; rerun the same command to "
               "resume once the store answers again.", file=sys.stderr)
+        return 1
+    except RunFailed as err:
+        print(f"arclens: error: {err}. Everything committed before it is kept; the same command resumes.",
+              file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in _OUT_OF_SPACE:

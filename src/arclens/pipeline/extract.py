@@ -365,6 +365,16 @@ def _assemble(batch, index: int, samples: list, local: slice) -> BatchWork:
     return BatchWork(index, batch, mine, tokens, lengths, real)
 
 
+def _oom(err: BaseException, shape: tuple[int, int], tokens_per_batch: int) -> BaseException:
+    from arclens.errors import device_out_of_memory
+
+    b, t = shape
+    return device_out_of_memory(
+        err, f"a batch of {b} x {t} tokens",
+        f"lower --tokens-per-batch (this run: {tokens_per_batch} for the whole mesh), or shard the model "
+        "over more devices with --mesh DATA,MODEL")
+
+
 def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summary, *, tokens_per_batch, row_multiple):
     stages = Stages()
     busy = stages.busy
@@ -414,7 +424,10 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
                     pass
                 break
             with busy.measure("dispatch"):
-                out = runner.dispatch(item.tokens, item.lengths, item.batch.shape)
+                try:
+                    out = runner.dispatch(item.tokens, item.lengths, item.batch.shape)
+                except Exception as err:  # re-raised, as DeviceOutOfMemory if it is one
+                    raise _oom(err, item.batch.shape, tokens_per_batch) from err
             item.tokens = item.lengths = None
             item.dispatched_at = time.perf_counter()
             crash_point("batch-dispatched")
@@ -424,7 +437,10 @@ def _run_stages(s, runtime, runner, renderer, wins, writer, reporter, stop, summ
 
     def copy_to_host() -> None:
         for item, out in to_host:
-            host = runner.fetch(out)
+            try:
+                host = runner.fetch(out)
+            except Exception as err:  # an execution error surfaces here, asynchronously
+                raise _oom(err, item.batch.shape, tokens_per_batch) from err
             clock.completed(item.dispatched_at, time.perf_counter())
             to_writer.put((item, host))
         to_writer.close()

@@ -567,7 +567,15 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
                 written += 1
             if written == len(windows):
                 break
-            k, (w, b), gens, stats = pool.result()
+            try:
+                k, (w, b), gens, stats = pool.result()
+            except Exception as err:  # re-raised, as DeviceOutOfMemory if it is one
+                from arclens.errors import device_out_of_memory
+
+                raise device_out_of_memory(
+                    err, f"a generation batch of {s.batch_size} prompts",
+                    f"lower --batch-size (this run: {s.batch_size}) or --max-new-tokens "
+                    f"(this run: {s.max_new_tokens})") from err
             in_flight -= 1
             state[w].results[b] = gens
             state[w].new_tokens += stats.new_tokens
