@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 
 import pytest
@@ -53,7 +54,8 @@ def test_single_process_is_a_no_op(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert initialize(_args()) == Runtime(0, 1)
     assert initialize(_args(coordinator="127.0.0.1:1", num_processes=1, process_id=0)) == Runtime(0, 1)
-    assert Runtime(3, 4).writer_name("vm7") == "vm7-p3"
+    assert Runtime(3, 4).writer_name("vm7", pid=42) == "vm7-p3-42"
+    assert Runtime(3, 4).writer_name("vm7") == f"vm7-p3-{os.getpid()}"
 
 
 @pytest.mark.parametrize(

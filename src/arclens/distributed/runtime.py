@@ -55,10 +55,12 @@ class Runtime:
     def multi_process(self) -> bool:
         return self.num_processes > 1
 
-    def writer_name(self, host: str | None = None) -> str:
-        """``{host}-p{process_id}``: every process writes its own shards into the one store."""
+    def writer_name(self, host: str | None = None, pid: int | None = None) -> str:
+        """``{host}-p{process_id}-{pid}``: every process writes its own shards into the one store.
+        The pid keeps two runs started on one host at once (a rerun while the first still runs)
+        from ever sharing a name; a writer name must never be used by two live processes."""
         host = (host or socket.gethostname().split(".")[0] or "host").replace("/", "_")
-        return f"{host}-p{self.process_id}"
+        return f"{host}-p{self.process_id}-{os.getpid() if pid is None else pid}"
 
 
 def _env(names: tuple[str, ...]) -> str | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from collections import deque
@@ -143,7 +142,7 @@ def validate(args, runtime) -> ExtractSettings:
     if not tasks:
         raise UserError(f"--tasks {args.tasks}: no tasks to extract")
     check_tasks_for_prompts(tasks, prompt)
-    writer = args.writer or f"{socket.gethostname().split('.')[0] or 'host'}-p{runtime.process_id}"
+    writer = args.writer or runtime.writer_name()
     from arclens.store.format import check_writer_name
 
     try:

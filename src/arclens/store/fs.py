@@ -290,6 +290,23 @@ def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | N
     with_retries(f"upload {path}", attempt)
 
 
+def link_exclusive(src: str, dst: str) -> None:
+    """Give the complete local file ``src`` the name ``dst`` too, atomically, unless ``dst``
+    exists (FileExistsError). Without hard links, an O_EXCL-free check then a rename: exclusive
+    except against a rename in the same instant, which is as good as such a filesystem allows."""
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    if os.path.lexists(dst):
+        raise FileExistsError(dst)
+    os.replace(src, dst)
+
+
 def _silent_unlink(path: str) -> None:
     try:
         os.unlink(path)

@@ -17,8 +17,8 @@ from arclens.store.format import INDEX_DIR, INDEX_SUFFIX, METADATA_FILE, check_m
 
 @dataclass(frozen=True)
 class IndexEntry:
-    name: str       # index file base name, e.g. "host-p0-000003.json"
-    shard: str      # shard path relative to the store root, e.g. "shards/host-p0-000003.safetensors"
+    name: str       # index file base name, e.g. "host-p0-4711-000003.json"
+    shard: str      # shard path relative to the store root, e.g. "shards/host-p0-4711-000003.safetensors"
     sha256: str
     bytes: int
     n_tokens: int

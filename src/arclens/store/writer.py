@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arclens import __version__
-from arclens.errors import UserError
+from arclens.errors import RunFailed, UserError
 from arclens.store import fs as fsx
 from arclens.store.format import (
     COLUMNS,
@@ -368,13 +368,17 @@ class StoreWriter:
         try:
             fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()))
         except FileExistsError:
-            raise RuntimeError(
-                f"{self.dest}/{index_rel} already exists: another process uses writer name "
-                f"{self.writer!r}; nothing of this shard was committed") from None
+            raise self._name_collision(index_rel) from None
         commit = Commit(index_rel, shard_rel, sha, size, job.n_tokens, keys)
         log.info("committed %s: %d samples, %d tokens, %.1f MB in %.2fs", shard_rel, len(keys),
                  job.n_tokens, size / 1e6, time.perf_counter() - t0)
         return commit
+
+    def _name_collision(self, rel: str) -> RunFailed:
+        return RunFailed(
+            f"{self.dest}/{rel} already exists: another live process writes into this store under the "
+            f"writer name {self.writer!r}; nothing of this shard was committed. Give each concurrent run "
+            "its own --writer, or run them as --worker-id/--num-workers")
 
     def _claim_stem(self) -> str:
         # Defensive against a name collision with another process: skip any seq already present.
@@ -406,7 +410,13 @@ class StoreWriter:
                     err.filename = final if self._local else tmp
                 raise
             if self._local:
-                os.replace(tmp, final)
+                # Never over another file: a shard of this name exists only if another live
+                # process writes under the same writer name (a leftover of a crashed run is
+                # skipped by _claim_stem), and replacing it would break that process's commit.
+                try:
+                    fsx.link_exclusive(tmp, final)
+                except FileExistsError:
+                    raise self._name_collision(shard_rel) from None
                 fsx._fsync_dir(os.path.dirname(final))
             else:
                 fsx.write_whole(self.fs, final, local_file=tmp)
