@@ -205,7 +205,14 @@ def test_lenient_reading_agrees_with_to_grid(expression, text):
 )
 def test_decoded_spans_equal_the_tokenizers_offsets(tokenizer, text):
     """A generated token's span is the one the tokenizer's offsets give it in a prompt (for ids
-    that are the tokenization of their text), so output roles follow the prompt's rule."""
+    that are the tokenization of their text), so output roles follow the prompt's rule. Texts the
+    tokenizer's NFC normaliser would change (e.g. U+2F800, a compatibility ideograph) are not the
+    decoding of any ids, so they are left out."""
+    import unicodedata
+
+    from hypothesis import assume
+
+    assume(unicodedata.normalize("NFC", text) == text)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     decoded, spans = decode_with_offsets(tokenizer, enc["input_ids"])
     assert decoded == text
