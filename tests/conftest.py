@@ -20,6 +20,13 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("ARCLENS_COMPILE_CACHE", "off")
 
 import pytest
+from hypothesis import settings
+
+# CI runs the same hypothesis examples every time (a red CI always means a change broke
+# something); a developer's `make test` draws new ones each run, to keep finding cases.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")
