@@ -1,7 +1,7 @@
 """`arclens inspect`, `arclens verify` and `arclens export-pickle` (SPEC.md section 2).
 
-verify exit status: 0 when every committed shard checks out (uncommitted leftovers are listed but
-fine), 1 when problems were found (each printed, then a summary), 2 when DEST is not a store or
+verify exit status: 0 when every committed shard checks out (keys committed twice and uncommitted
+leftovers are listed, but readers see neither), 1 when problems were found (each printed, then a summary), 2 when DEST is not a store or
 cannot be read (a UserError, like every input error).
 """
 
@@ -109,17 +109,22 @@ def verify(args) -> int:
     con = _console()
     for problem in report.problems:
         con.print(f"PROBLEM {problem}")
+    for key, first, other in report.duplicates[:20]:
+        con.print(f"duplicate: sample {key} is committed twice: index/{first} (read) and index/{other} (ignored)")
+    if len(report.duplicates) > 20:
+        con.print(f"duplicate: ... {len(report.duplicates) - 20} more")
     if report.uncommitted:
         con.print(f"note: {len(report.uncommitted)} uncommitted shard file(s) from interrupted runs, "
                   f"invisible to readers: {', '.join(report.uncommitted[:5])}"
                   + (" ..." if len(report.uncommitted) > 5 else ""))
     summary = (f"{report.index_files} index files, {report.samples} samples, {report.tokens} tokens, "
                f"{_fmt_bytes(report.bytes)}")
+    dup = (f"; {len(report.duplicates)} duplicate keys (readers use the first copy; the others only "
+           "take space)") if report.duplicates else ""
     if report.ok:
-        con.print(f"OK {args.dest}: {summary}; every shard matches its checksum and index")
+        con.print(f"OK {args.dest}: {summary}; every shard matches its checksum and index{dup}")
         return 0
-    dup = f", {len(report.duplicates)} duplicate keys" if report.duplicates else ""
-    con.print(f"FAILED {args.dest}: {len(report.problems)} problem(s){dup}; {summary}")
+    con.print(f"FAILED {args.dest}: {len(report.problems)} problem(s); {summary}{dup}")
     return 1
 
 

@@ -2,8 +2,10 @@
 
 A problem is anything that breaks a reader's guarantees: a missing or altered shard (bytes,
 sha256), a shard whose tensors or sample table disagree with its index file or with
-metadata.json, an unreadable index file, or a key committed twice. Uncommitted leftovers of
-interrupted runs are reported, but are not problems: readers never see them.
+metadata.json, or an unreadable index file. Reported but not problems, because readers never
+see them: a key committed twice (SPEC section 3: readers take the first index file in name
+order; a frozen fleet worker or two runs started at once can leave one), and uncommitted
+leftovers of interrupted runs.
 """
 
 from __future__ import annotations
@@ -44,8 +46,6 @@ def verify_store(dest: str, storage_options: dict | None = None, workers: int = 
     committed = read_committed(fs, root)
     report = VerifyReport(dest, index_files=len(committed.entries) + len(committed.invalid))
     report.problems += committed.invalid
-    for key, first, other in committed.duplicates:
-        report.problems.append(f"sample {key} is committed twice: index/{first} (read) and index/{other} (ignored)")
     report.duplicates = list(committed.duplicates)
     with cf.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda e: check_shard(fs, root, e, meta), committed.entries))
