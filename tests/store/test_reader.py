@@ -233,3 +233,45 @@ def test_background_batches_stop_with_their_consumer(store_dir):
     with pytest.raises(FileNotFoundError):
         for _ in store.batches(HOOKS[0], batch_size=8, shuffle=False):
             pass
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_batches_of_several_hooks_hold_the_same_tokens(store_dir, shuffle, prefetch):
+    """A transcoder needs (mlp input, mlp output) of one token, a crosscoder several layers: a list
+    of hooks and columns gives dicts whose rows are the same tokens, in the order that one hook
+    alone would get for that seed."""
+    store = arclens.open_store(store_dir, prefetch=prefetch)
+    names = [HOOKS[0], HOOKS[1], "sample", "position", "token_id"]
+    batches = list(store.batches(names, batch_size=37, shuffle=shuffle, seed=5, buffer_shards=2))
+    assert all(set(b) == set(names) for b in batches)
+    assert all(b[n].shape[0] == b[HOOKS[0]].shape[0] for b in batches for n in names)
+    assert batches[0][HOOKS[1]].shape == (37, D_MODEL) and batches[0]["position"].dtype == np.int32
+    # the hooks come in the order one hook alone gets for this seed
+    alone = list(store.batches(HOOKS[0], batch_size=37, shuffle=shuffle, seed=5, buffer_shards=2))
+    np.testing.assert_array_equal(np.concatenate([b[HOOKS[0]] for b in batches]), np.concatenate(alone))
+    # and every row of every name is one and the same token: the float32 rows of the first hook
+    # are unique, so they identify the token; look the other names up from samples()
+    rows_of = {}
+    for _, arrays in store.samples():
+        for i in range(arrays["position"].shape[0]):
+            rows_of[arrays[HOOKS[0]][i].tobytes()] = {n: arrays[n][i] for n in names}
+    assert len(rows_of) == store.n_tokens
+    seen = set()
+    for b in batches:
+        for r in range(b[HOOKS[0]].shape[0]):
+            token = b[HOOKS[0]][r].tobytes()
+            assert token not in seen
+            seen.add(token)
+            for n in names:
+                np.testing.assert_array_equal(b[n][r], rows_of[token][n])
+    assert len(seen) == store.n_tokens
+
+
+def test_batches_of_several_hooks_cast_hooks_only_and_refuse_bad_lists(store_dir):
+    store = arclens.open_store(store_dir)
+    b = next(iter(store.batches([HOOKS[0], "token_id"], batch_size=8, dtype=np.float16)))
+    assert b[HOOKS[0]].dtype == np.float16 and b["token_id"].dtype == np.int32
+    for bad in ([], [HOOKS[0], HOOKS[0]], ["token_id", "position"], [HOOKS[0], "blocks.9.hook_resid_pre"]):
+        with pytest.raises(UserError):
+            store.batches(bad)

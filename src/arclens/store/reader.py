@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
@@ -179,29 +179,54 @@ class Store:
 
     # -- token batches ---------------------------------------------------------------------
 
-    def batches(self, hook: str, batch_size: int = 4096, shuffle: bool = True, seed: int = 0,
-                drop_last: bool = False, buffer_shards: int = 4, dtype=None) -> Iterator[np.ndarray]:
+    def batches(self, hook: str | Sequence[str], batch_size: int = 4096, shuffle: bool = True, seed: int = 0,
+                drop_last: bool = False, buffer_shards: int = 4, dtype=None):
         """``[batch_size, d_model]`` arrays holding every visible token of ``hook`` exactly once
         (one epoch). Only the last batch may be smaller, and it is dropped when ``drop_last``.
+
+        ``hook`` may also be a list of hooks and per-token columns (``token_id``, ``position``,
+        ``grid``, ``row``, ``col``, ``sample``): each batch is then a dict of arrays whose rows
+        are the SAME tokens in the same order (``{hook: [b, d_model], column: [b]}``), e.g.
+        ``["blocks.6.hook_resid_mid", "blocks.6.hook_mlp_out"]`` for a transcoder, or several
+        layers for a crosscoder. Columns keep their dtype; ``dtype`` casts the hooks only.
 
         Without shuffle: tokens in stored order (index-file order, then token order). With shuffle:
         the shard order is a permutation drawn from ``seed``, and tokens are uniformly permuted
         within consecutive windows of ``buffer_shards`` shards (plus the fewer than
-        ``batch_size`` tokens carried over from the previous window). Deterministic for a seed;
-        pass a different seed per epoch. Memory: about ``buffer_shards`` shards of one hook; with
-        ``prefetch > 0`` (the default) twice that, as the next window is read while this one is
-        cut, plus a few batches made ahead of the consumer.
+        ``batch_size`` tokens carried over from the previous window). Deterministic for a seed,
+        and the same order for every hook list; pass a different seed per epoch. Memory: about
+        ``buffer_shards`` shards of the requested hooks; with ``prefetch > 0`` (the default)
+        twice that, as the next window is read while this one is cut, plus a few batches made
+        ahead of the consumer.
         """
-        (hook,) = self._check_hooks([hook])
+        single = isinstance(hook, str)
+        names = self._check_names([hook] if single else list(hook))
         if batch_size <= 0 or buffer_shards <= 0:
             raise UserError("batch_size and buffer_shards must be positive")
         out_dtype = np.dtype(dtype) if dtype is not None else None
-        batches = self._batches(hook, batch_size, shuffle, seed, drop_last, buffer_shards, out_dtype)
+        batches = self._batches(tuple(names), batch_size, shuffle, seed, drop_last, buffer_shards, out_dtype)
+        if single:
+            batches = (b[names[0]] for b in batches)
         # With prefetch, batches are cut in a background thread (numpy's gathers and copies run
         # without the GIL), so a trainer's step overlaps the making of its next batch.
         return _in_background(batches, _BATCHES_AHEAD) if self.prefetch else batches
 
-    def _batches(self, hook, batch_size, shuffle, seed, drop_last, buffer_shards, out_dtype):
+    def _check_names(self, names: list[str]) -> list[str]:
+        if not names:
+            raise UserError(f"{self.dest}: batches() needs at least one hook")
+        if len(set(names)) != len(names):
+            raise UserError(f"{self.dest}: batches() got a name twice: {names}")
+        hooks = self._check_hooks([n for n in names if n not in COLUMNS])
+        if not hooks:
+            raise UserError(f"{self.dest}: batches() needs at least one hook besides the columns {names}")
+        return names
+
+    def _empty(self, name: str, rows: int) -> np.ndarray:
+        if name in COLUMNS:
+            return np.empty((rows,), dtype=COLUMNS[name])
+        return np.empty((rows, self.d_model), dtype=self.dtype)
+
+    def _batches(self, names, batch_size, shuffle, seed, drop_last, buffer_shards, out_dtype):
         rng = np.random.default_rng(seed)
         views = list(self.shards)
         if shuffle:
@@ -212,48 +237,66 @@ class Store:
 
         bs = batch_size
 
-        def load(window: list[ShardView]) -> np.ndarray:
-            parts = [v.visible(v.file.read([hook])[hook]) for v in window]
+        def cast(name: str, x: np.ndarray) -> np.ndarray:
+            return _cast(x, None if name in COLUMNS else out_dtype)
+
+        def load(window: list[ShardView]) -> dict[str, np.ndarray]:
+            reads = [v.file.read(names) for v in window]
+            parts = {n: [v.visible(r[n]) for v, r in zip(window, reads)] for n in names}
             if not shuffle:
-                return parts[0]  # a view into the memory map: each batch is copied out once
+                return {n: p[0] for n, p in parts.items()}  # views into the memory map: copied once per batch
             # Materialise the window (a random gather from a memory map would thrash), leaving
             # ``batch_size`` spare rows in front for the previous window's carry-over, so joining
             # the two never copies the window a second time. Runs in the prefetch thread.
-            pool = np.empty((bs + sum(p.shape[0] for p in parts), self.d_model), dtype=self.dtype)
-            at = bs
-            for p in parts:
-                pool[at : at + p.shape[0]] = p
-                at += p.shape[0]
-            return pool
+            pools = {}
+            for n, ps in parts.items():
+                pool = self._empty(n, bs + sum(p.shape[0] for p in ps))
+                at = bs
+                for p in ps:
+                    pool[at : at + p.shape[0]] = p
+                    at += p.shape[0]
+                pools[n] = pool
+            return pools
 
-        carry = np.empty((0, self.d_model), dtype=self.dtype)  # < batch_size rows, owned
-        for pool in _prefetched([lambda w=w: load(w) for w in windows], self.prefetch):
+        carry = {n: self._empty(n, 0) for n in names}  # < batch_size rows, owned
+        for pools in _prefetched([lambda w=w: load(w) for w in windows], self.prefetch):
+            n_carry = carry[names[0]].shape[0]
             if shuffle:
                 # Tokens = carry + window, uniformly permuted; batch k is rows perm[k*bs:(k+1)*bs],
                 # gathered straight into a fresh array (never a permuted copy of the whole pool).
-                pool = pool[bs - carry.shape[0] :]
-                pool[: carry.shape[0]] = carry
-                perm = rng.permutation(pool.shape[0])
-                full = (pool.shape[0] // bs) * bs
+                pools = {n: _with_carry(p, carry[n], bs) for n, p in pools.items()}
+                rows = pools[names[0]].shape[0]
+                perm = rng.permutation(rows)
+                full = (rows // bs) * bs
                 for i in range(0, full, bs):
-                    yield _cast(np.take(pool, perm[i : i + bs], axis=0), out_dtype)
-                carry = np.take(pool, perm[full:], axis=0)
-                del pool, perm  # freed before the next window is read, not after
+                    yield {n: cast(n, np.take(p, perm[i : i + bs], axis=0)) for n, p in pools.items()}
+                carry = {n: np.take(p, perm[full:], axis=0) for n, p in pools.items()}
+                del pools, perm  # freed before the next window is read, not after
                 continue
+            rows = pools[names[0]].shape[0]
             start = 0
-            if carry.shape[0]:
-                need = bs - carry.shape[0]
-                if pool.shape[0] < need:
-                    carry = np.concatenate([carry, pool])
+            if n_carry:
+                need = bs - n_carry
+                if rows < need:
+                    carry = {n: np.concatenate([carry[n], p]) for n, p in pools.items()}
                     continue
-                yield _cast(np.concatenate([carry, pool[:need]]), out_dtype)
+                yield {n: cast(n, np.concatenate([carry[n], p[:need]])) for n, p in pools.items()}
                 start = need
-            full = start + ((pool.shape[0] - start) // bs) * bs
+            full = start + ((rows - start) // bs) * bs
             for i in range(start, full, bs):
-                yield _cast(pool[i : i + bs], out_dtype)
-            carry = np.array(pool[full:])
-        if carry.shape[0] and not drop_last:
-            yield _cast(carry, out_dtype)
+                yield {n: cast(n, p[i : i + bs]) for n, p in pools.items()}
+            carry = {n: np.array(p[full:]) for n, p in pools.items()}
+        if carry[names[0]].shape[0] and not drop_last:
+            yield {n: cast(n, c) for n, c in carry.items()}
+
+
+def _with_carry(pool: np.ndarray, carry: np.ndarray, spare: int) -> np.ndarray:
+    """The window ``pool`` (made with ``spare`` free rows in front) with ``carry`` in the last of
+    them: one array, no copy of the window. A function, so no loop variable keeps a reference to
+    the pool after the caller drops it."""
+    out = pool[spare - carry.shape[0] :]
+    out[: carry.shape[0]] = carry
+    return out
 
 
 def _cast(x: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
