@@ -3,8 +3,8 @@
 Before the fix, two `arclens extract` runs started at once on one host into one store (both named
 `{host}-p0`) claimed the same shard numbers, and the later `os.replace` overwrote the earlier
 process's shard under its already-committed index: `arclens verify` found shards whose sample
-keys differed from their index. Now the default writer name carries the pid, and a local shard is
-published only where no file exists."""
+keys differed from their index. Now the default writer name carries the pid, and a shard is
+published only where no object exists: a hard link locally, a create-only upload remotely."""
 
 from __future__ import annotations
 
@@ -19,11 +19,16 @@ from arclens.store import fs as fsx
 from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store
 
 
-def test_a_shard_is_never_published_over_another(tmp_path):
-    dest = str(tmp_path / "store")
-    open_or_create_store(dest, store_metadata())
-    a = StoreWriter(dest, "same", shard_bytes=1 << 20, publish_threads=0)
-    b = StoreWriter(dest, "same", shard_bytes=1 << 20, publish_threads=0)
+@pytest.mark.parametrize("kind", ["local", "s3", "gcs"])
+def test_a_shard_is_never_published_over_another(kind, tmp_path, request):
+    if kind == "local":
+        dest, opts = str(tmp_path / "store"), None
+    else:  # moto's S3 server and fake-gcs-server: If-None-Match / ifGenerationMatch=0 uploads
+        remote = request.getfixturevalue(f"{kind}_remote")
+        dest, opts = remote.url, remote.storage_options
+    open_or_create_store(dest, store_metadata(), storage_options=opts)
+    a = StoreWriter(dest, "same", shard_bytes=1 << 20, publish_threads=0, storage_options=opts)
+    b = StoreWriter(dest, "same", shard_bytes=1 << 20, publish_threads=0, storage_options=opts)
     for k in keys(2)[:2]:
         a.add(*sample(k))
     for k in keys(2)[2:]:
@@ -33,16 +38,18 @@ def test_a_shard_is_never_published_over_another(tmp_path):
     assert stem_a == stem_b
     a._next_seq = b._next_seq = 0
     a.flush()
-    shard = tmp_path / "store" / "shards" / f"{stem_a}.safetensors"
-    before = shard.read_bytes()
+    fs, root = fsx.get_fs(dest, opts)
+    shard = fsx.join(root, "shards", f"{stem_a}.safetensors")
+    before = fsx.read_bytes(fs, shard)
     b._next_seq = 0
     b._claim_stem = lambda: stem_b  # b goes on with the stem it claimed
     with pytest.raises(RunFailed, match=r"another live process writes into this store under the writer name 'same'"):
         b.flush()
-    assert shard.read_bytes() == before, "a's committed shard is untouched"
-    assert committed_keys(dest) == set(keys(2)[:2])
-    assert arclens.open_store(dest).n_tokens > 0
-    assert not [n for n in os.listdir(tmp_path / "store" / "shards") if n.startswith(".spool-")]
+    assert fsx.read_bytes(fs, shard) == before, "a's committed shard is untouched"
+    assert committed_keys(dest, opts) == set(keys(2)[:2])
+    assert arclens.open_store(dest, storage_options=opts).n_tokens > 0
+    if kind == "local":
+        assert not [n for n in os.listdir(tmp_path / "store" / "shards") if n.startswith(".spool-")]
 
 
 def test_link_exclusive(tmp_path):

@@ -290,6 +290,48 @@ def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | N
     with_retries(f"upload {path}", attempt)
 
 
+def upload_exclusive(fs, local_file: str, path: str) -> None:
+    """Upload ``local_file`` to the remote ``path`` unless an object is there already
+    (FileExistsError), appearing whole: S3's If-None-Match and GCS's ifGenerationMatch=0, through
+    fsspec's ``mode="create"``, on the single PUT and on a multipart completion alike.
+
+    An upload whose answer was lost and that was retried (by us or inside botocore/gcsfs) meets
+    its own object: an object of the same size whose first MiB, the shard's header with its
+    sample keys, equals ours is taken as ours."""
+    if "memory" in _protocols(fs):  # fsspec's in-memory filesystem has no create mode
+        with _memory_lock:
+            if fs.exists(path):
+                raise FileExistsError(path)
+            fs.put_file(local_file, path)
+        return
+
+    def attempt(_i: int) -> None:
+        try:
+            chunk = {"chunksize": UPLOAD_CHUNK_BYTES} if UPLOAD_CHUNK_BYTES and _is_cloud(fs) else {}
+            fs.put_file(local_file, path, mode="create", **chunk)
+        finally:
+            _invalidate(fs, path)
+
+    try:
+        with_retries(f"upload {path}", attempt)
+    except FileExistsError:
+        if not _remote_is_this_file(fs, path, local_file):
+            raise
+        log.info("%s: already holds this shard (an earlier attempt landed)", path)
+
+
+def _remote_is_this_file(fs, path: str, local_file: str, prefix: int = 1 << 20) -> bool:
+    size = os.path.getsize(local_file)
+    try:
+        if with_retries(f"stat {path}", lambda _i: fs.size(path)) != size:
+            return False
+        with open(local_file, "rb") as f:
+            head = f.read(prefix)
+        return with_retries(f"read {path}", lambda _i: fs.cat_file(path, start=0, end=len(head))) == head
+    except FileNotFoundError:
+        return False
+
+
 def link_exclusive(src: str, dst: str) -> None:
     """Give the complete local file ``src`` the name ``dst`` too, atomically, unless ``dst``
     exists (FileExistsError). Without hard links, an O_EXCL-free check then a rename: exclusive

@@ -419,7 +419,10 @@ class StoreWriter:
                     raise self._name_collision(shard_rel) from None
                 fsx._fsync_dir(os.path.dirname(final))
             else:
-                fsx.write_whole(self.fs, final, local_file=tmp)
+                try:
+                    fsx.upload_exclusive(self.fs, tmp, final)
+                except FileExistsError:
+                    raise self._name_collision(shard_rel) from None
         finally:
             fsx._silent_unlink(tmp)
         return size, sha
