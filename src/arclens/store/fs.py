@@ -253,8 +253,8 @@ def _read_back_equals(fs, path: str, data: bytes) -> bool:
 def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | None = None) -> None:
     """Write ``data`` (or upload the local file ``local_file``) to ``path``, appearing whole.
 
-    Overwrites. Used for shards, whose names are never reused, so overwriting only ever replaces
-    an uncommitted leftover."""
+    Overwrites: for objects only their own writer ever names. Shards are published with
+    ``link_exclusive`` / ``upload_exclusive`` instead, which never overwrite."""
     if (data is None) == (local_file is None):
         raise TypeError("write_whole needs exactly one of data or local_file")
     if is_local(fs):
