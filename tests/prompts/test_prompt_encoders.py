@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from encoder_cases import ENCODER_TEXTS, EXPRESSIONS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,20 +17,6 @@ from arclens.prompts import create_grid_encoder, parse_grid
 GOLDENS = json.loads((Path(__file__).parent / "goldens" / "encoders.json").read_text(encoding="utf-8"))
 
 # The seven encoders, alone where they stand alone, and composed as arc24 composes them.
-EXPRESSIONS = [
-    "MinimalGridEncoder()",
-    "GridWithSeparationEncoder('|')",
-    "GridWithSeparationEncoder(' ')",
-    "RepeatNumberEncoder(3)",
-    "RepeatNumberEncoder(n=2)",
-    "GridCodeBlockEncoder(MinimalGridEncoder())",
-    "GridCodeBlockEncoder(GridWithSeparationEncoder(', '))",
-    "GridShapeEncoder(RowNumberEncoder(MinimalGridEncoder()))",
-    "RowNumberEncoder(GridWithSeparationEncoder('|'))",
-    "ReplaceNumberEncoder(MinimalGridEncoder())",
-    "GridShapeEncoder(RowNumberEncoder(ReplaceNumberEncoder(MinimalGridEncoder())))",
-    "ReplaceNumberEncoder(RowNumberEncoder(GridCodeBlockEncoder(RepeatNumberEncoder(2))))",
-]
 
 grids = st.integers(1, 30).flatmap(
     lambda h: st.integers(1, 30).flatmap(
@@ -112,12 +99,7 @@ def test_bad_expressions_are_user_errors(bad):
 
 @pytest.mark.parametrize("expression", EXPRESSIONS)
 @settings(max_examples=60, deadline=None)
-@given(
-    text=st.text(
-        alphabet=st.sampled_from(list("0123456789 |,\n\r`gridshapex:ñò÷ûą<>|-\u2028\x0b٣")), max_size=60
-    )
-    | st.text(max_size=40)
-)
+@given(text=ENCODER_TEXTS)
 def test_parse_grid_never_raises(expression, text):
     result = parse_grid(text, expression)
     if result is not None:

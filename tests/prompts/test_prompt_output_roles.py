@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from encoder_cases import ENCODER_TEXTS, EXPRESSIONS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,20 +18,6 @@ from arclens.prompts.roles import Cells, token_roles
 DEFAULT = "GridShapeEncoder(RowNumberEncoder(MinimalGridEncoder()))"
 SYMBOLS = "ñò÷ûąćďęĚĞ"
 # The seven encoders alone and composed (as tests/prompts/test_prompt_encoders.py lists them).
-EXPRESSIONS = [
-    "MinimalGridEncoder()",
-    "GridWithSeparationEncoder('|')",
-    "GridWithSeparationEncoder(' ')",
-    "RepeatNumberEncoder(3)",
-    "RepeatNumberEncoder(n=2)",
-    "GridCodeBlockEncoder(MinimalGridEncoder())",
-    "GridCodeBlockEncoder(GridWithSeparationEncoder(', '))",
-    DEFAULT,
-    "RowNumberEncoder(GridWithSeparationEncoder('|'))",
-    "ReplaceNumberEncoder(MinimalGridEncoder())",
-    "GridShapeEncoder(RowNumberEncoder(ReplaceNumberEncoder(MinimalGridEncoder())))",
-    "ReplaceNumberEncoder(RowNumberEncoder(GridCodeBlockEncoder(RepeatNumberEncoder(2))))",
-]
 
 
 def grids(max_side):
@@ -175,12 +162,7 @@ def test_located_cells_are_the_rendered_cells(expression, grid):
 
 @pytest.mark.parametrize("expression", EXPRESSIONS)
 @settings(max_examples=60, deadline=None)
-@given(
-    text=st.text(
-        alphabet=st.sampled_from(list("0123456789 |,\n\r`gridshapex:ñò÷ûą<>|-\u2028\x0b٣")), max_size=60
-    )
-    | st.text(max_size=40)
-)
+@given(text=ENCODER_TEXTS)
 def test_lenient_reading_agrees_with_to_grid(expression, text):
     """On any text: never raises, cells in text order inside the text, and wherever `to_grid`
     reads a grid, exactly its cells."""
