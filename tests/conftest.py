@@ -50,7 +50,7 @@ def tokenizer(tiny_model_dir):
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's S3 server on 127.0.0.1 for the whole session; use ``s3_remote`` for a bucket."""
-    from servers import MotoS3
+    from tests.support.servers import MotoS3
 
     server = MotoS3()
     yield server
@@ -60,7 +60,7 @@ def moto_server():
 @pytest.fixture(scope="session")
 def fake_gcs_server(tmp_path_factory):
     """fake-gcs-server on 127.0.0.1 for the whole session; use ``gcs_remote`` for a bucket."""
-    from servers import FakeGcs
+    from tests.support.servers import FakeGcs
 
     server = FakeGcs(tmp_path_factory.mktemp("fake-gcs") / "server.log")
     yield server
@@ -82,7 +82,7 @@ def gcs_remote(fake_gcs_server):
 @pytest.fixture(params=["s3", "gcs"])
 def faulty_remote(request, moto_server, fake_gcs_server):
     """(Remote, FaultProxy): a fresh bucket reached through a proxy that injects faults."""
-    from servers import FaultProxy
+    from tests.support.servers import FaultProxy
 
     server = moto_server if request.param == "s3" else fake_gcs_server
     proxy = FaultProxy(server.endpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_task_helpers import make_task
+from tests.support.tasks import make_task
 
 from arclens.data.loaders import BUILTINS, load_tasks
 from arclens.data.tasks import Task, as_grid

@@ -6,9 +6,9 @@ import json
 import random
 
 import pytest
-from data_task_helpers import make_task
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.tasks import make_task
 
 from arclens.cli import main
 from arclens.data.loaders import load_tasks

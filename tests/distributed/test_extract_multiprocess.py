@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cli_helpers import free_port, start_cli, stored, wait_ok, write_small_tasks
+from tests.support.cli import free_port, start_cli, wait_ok
+from tests.support.stores import stored
+from tests.support.tasks import write_small_tasks
 
 from arclens.cli import main
 
@@ -46,14 +48,14 @@ def test_two_processes_on_a_2x2_mesh_equal_one_process(tmp_path, tiny_model_dir,
     for run in ("mp", "worker"):
         got = stored(tmp_path / run)
         assert sorted(got) == sorted(ref), run
-        for key, arrays in ref.items():
-            assert set(got[key]) == set(arrays)
+        for key, (_, arrays) in ref.items():
+            assert set(got[key][1]) == set(arrays)
             for name, want in arrays.items():
                 if name.startswith("blocks."):
-                    np.testing.assert_allclose(got[key][name], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                    np.testing.assert_allclose(got[key][1][name], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
                                                err_msg=f"{run} {key} {name}")
                 else:
-                    np.testing.assert_array_equal(got[key][name], want, err_msg=f"{run} {key} {name}")
+                    np.testing.assert_array_equal(got[key][1][name], want, err_msg=f"{run} {key} {name}")
         # Both processes wrote shards of their own rows into the one store; nothing went through one host.
         shards = [p.name for p in (tmp_path / run / "shards").iterdir()]
         assert any("-p0-" in n for n in shards) and any("-p1-" in n for n in shards), shards

@@ -5,7 +5,6 @@ captures equal the unsharded ones at every real token, and each row comes back e
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,6 @@ import pytest
 
 CHILD = Path(__file__).with_name("model_child.py")
 TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(model_dir, jobs: list[tuple[str, int, Path, tuple[str, ...]]]) -> None:

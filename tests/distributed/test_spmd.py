@@ -8,22 +8,16 @@ fixed when JAX starts and this pytest process has already started it with one de
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.support.cli import free_port
 
 CHILD = Path(__file__).with_name("spmd_child.py")
 TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(out: Path, mesh: str, n_devices: int, *dist: str) -> subprocess.Popen:
@@ -84,7 +78,7 @@ def test_model_axis_across_two_processes_returns_each_row_once(tmp_path, referen
     # A (1,4) mesh over 2 processes x 2 devices: "model" spans the processes, both feed the whole
     # batch, and local_rows hands each row to exactly one of them (replica 0). The (2,2) case, where
     # "data" spans the processes, runs through the whole extract job in test_extract_multiprocess.py.
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     logs = _wait_all([_start(tmp_path, "1,4", 2, coordinator, "2", str(i)) for i in range(2)])
     assert all("fed rows 0:8" in log for log in logs)
     _assert_close(_rows(tmp_path), reference)

@@ -17,7 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from cli_helpers import start_cli, stored, wait_ok, write_small_tasks
+from tests.support.cli import start_cli, wait_ok
+from tests.support.stores import stored
+from tests.support.tasks import write_small_tasks
 
 from arclens.cli import main
 from arclens.distributed.workers import read_board

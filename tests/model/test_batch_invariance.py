@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from qwen_reference import rel_err
+from tests.support.reference import rel_err
 
 from arclens.errors import UserError
 from arclens.model.config import QwenConfig
@@ -106,7 +106,7 @@ def test_hook_names_and_bad_hooks(model):
 
 def test_long_prefill_in_query_blocks_matches_transformers(model, tiny_model_dir):
     """Past XLA_Q_BLOCK tokens the XLA path attends in query blocks; still transformers' numbers."""
-    from qwen_reference import hf_captures, load_hf
+    from tests.support.reference import hf_captures, load_hf
 
     from arclens.model.attention import XLA_Q_BLOCK
 

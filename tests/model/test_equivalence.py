@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from qwen_reference import hf_captures, load_hf, rel_err, write_hf_checkpoint
+from tests.support.reference import hf_captures, load_hf, rel_err, write_hf_checkpoint
 
 from arclens.model.config import QwenConfig
 from arclens.model.hooks import HOOK_KINDS, Hook

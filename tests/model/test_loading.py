@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from qwen_reference import hf_captures, load_hf, rel_err, write_hf_checkpoint
 from safetensors.numpy import load_file, save_file
+from tests.support.reference import hf_captures, load_hf, rel_err, write_hf_checkpoint
 
 from arclens.errors import UserError
 from arclens.model.config import QwenConfig

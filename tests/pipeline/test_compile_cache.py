@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from extract_helpers import cli_env
+from tests.support.cli import cli_env
 
 # One process of a job: turn the cache on as the jobs do, compile the capture function for one
 # shape, and report how many executables JAX took from the persistent cache.

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from extract_helpers import extract_args, write_tasks
+from tests.support.cli import extract_args
+from tests.support.tasks import write_tasks
 
 from arclens.cli import main
 from arclens.pipeline.device import CaptureRunner

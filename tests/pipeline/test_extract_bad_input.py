@@ -6,7 +6,8 @@ import json
 import shutil
 
 import pytest
-from extract_helpers import extract_args, write_tasks
+from tests.support.cli import extract_args
+from tests.support.tasks import write_tasks
 
 from arclens.cli import main
 

@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 
-from extract_helpers import REPO, cli_env, write_tasks
+from tests.support.cli import REPO, cli_env
+from tests.support.tasks import write_tasks
 
 
 def test_benchmark_runs_on_cpu_and_writes_its_table(tmp_path, tiny_model_dir):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 
-from extract_helpers import extract_args, stored, write_tasks
+from tests.support.cli import extract_args
+from tests.support.stores import stored
+from tests.support.tasks import write_tasks
 
 import arclens.store.writer as store_writer
 from arclens.cli import main

@@ -11,7 +11,10 @@ import json
 
 import numpy as np
 import pytest
-from extract_helpers import extract_args, hf_reference, rel_err, stored, write_tasks
+from tests.support.cli import extract_args
+from tests.support.reference import hf_reference, rel_err
+from tests.support.stores import stored
+from tests.support.tasks import write_tasks
 
 from arclens.cli import main
 

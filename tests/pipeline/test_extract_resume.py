@@ -11,7 +11,10 @@ import signal
 
 import numpy as np
 import pytest
-from extract_helpers import extract_args, rel_err, run_cli, stored, write_tasks
+from tests.support.cli import extract_args, run_cli
+from tests.support.reference import rel_err
+from tests.support.stores import stored
+from tests.support.tasks import write_tasks
 
 from arclens.cli import main
 

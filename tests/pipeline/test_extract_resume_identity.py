@@ -12,7 +12,10 @@ import os
 import shutil
 
 import pytest
-from extract_helpers import extract_args, rel_err, stored, write_tasks
+from tests.support.cli import extract_args
+from tests.support.reference import rel_err
+from tests.support.stores import stored
+from tests.support.tasks import write_tasks
 
 from arclens.cli import main
 from arclens.model.random_checkpoint import write_random_model

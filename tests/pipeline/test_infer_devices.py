@@ -13,7 +13,8 @@ import shutil
 
 import numpy as np
 import pytest
-from extract_helpers import run_cli, stored
+from tests.support.cli import run_cli
+from tests.support.stores import stored
 
 from arclens.cli import main as cli_main
 from arclens.data.loaders import load_tasks

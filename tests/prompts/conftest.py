@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from prompts_arc_tasks import arc_tasks
+from tests.support.arc_tasks import arc_tasks
 
 from arclens.data.tasks import Task
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from prompts_arc_tasks import arc_task
+from tests.support.arc_tasks import arc_task
 
 from arclens.cli import main
 from arclens.errors import UserError

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from encoder_cases import ENCODER_TEXTS, EXPRESSIONS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.encoders import ENCODER_TEXTS, EXPRESSIONS
 
 from arclens.data.tasks import as_grid
 from arclens.errors import UserError

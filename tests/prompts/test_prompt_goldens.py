@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from prompts_arc_tasks import arc_task
+from tests.support.arc_tasks import arc_task
 
 from arclens.prompts import PromptConfig, render_samples
 

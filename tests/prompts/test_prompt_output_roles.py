@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from encoder_cases import ENCODER_TEXTS, EXPRESSIONS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.encoders import ENCODER_TEXTS, EXPRESSIONS
 
 from arclens.data.tasks import as_grid
 from arclens.prompts import create_grid_encoder, output_token_roles, parse_grid

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from store_synth import keys, sample, store_metadata
+from tests.support.synth_store import keys, sample, store_metadata
 
 from arclens.store.verify import verify_store
 from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_synth import HOOKS, expected, keys, write
+from tests.support.synth_store import HOOKS, expected, keys, write
 
 from arclens.cli import main
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from store_synth import D_MODEL, HOOKS, expected, keys, sample, write
+from tests.support.synth_store import D_MODEL, HOOKS, expected, keys, sample, write
 
 import arclens
 from arclens.errors import UserError

@@ -8,9 +8,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import REPO
 
 
 def test_reader_benchmark_runs_and_reports_every_row(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from store_synth import HOOKS, expected, keys, sample, store_metadata, write
+from tests.support.synth_store import HOOKS, expected, keys, sample, store_metadata, write
 
 import arclens
 from arclens.errors import StorageUnavailable
@@ -59,7 +59,7 @@ def test_cli_reaches_emulator_through_env(kind, request, monkeypatch, capsys):
 @pytest.mark.parametrize("kind,action", [("s3", "refuse"), ("s3", "drop"), ("s3", "lose_response"),
                                          ("gcs", "refuse"), ("gcs", "lose_response")])
 def test_transient_faults_lose_nothing_and_double_nothing(kind, action, request, monkeypatch):
-    from servers import FaultProxy
+    from tests.support.servers import FaultProxy
 
     server = request.getfixturevalue("moto_server" if kind == "s3" else "fake_gcs_server")
     monkeypatch.setattr(fsx, "RETRY_BASE_S", 0.01)
@@ -86,7 +86,7 @@ def test_transient_faults_lose_nothing_and_double_nothing(kind, action, request,
 def test_failed_upload_commits_nothing_then_resume_completes(moto_server, monkeypatch):
     """The server refuses every shard upload: flush fails, no index file appears; a resumed run
     writes the samples exactly once."""
-    from servers import FaultProxy
+    from tests.support.servers import FaultProxy
 
     monkeypatch.setattr(fsx, "RETRY_BASE_S", 0.01)
     monkeypatch.setattr(fsx, "RETRY_ATTEMPTS", 2)

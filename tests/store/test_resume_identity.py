@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from store_synth import store_metadata
+from tests.support.synth_store import store_metadata
 
 from arclens.errors import UserError
 from arclens.store.format import metadata_differences

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from store_synth import HOOKS, expected, keys, sample, store_metadata, write
+from tests.support.synth_store import HOOKS, expected, keys, sample, store_metadata, write
 
 import arclens
 from arclens.errors import UserError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from store_synth import keys, sample, store_metadata
+from tests.support.synth_store import keys, sample, store_metadata
 
 import arclens
 from arclens.errors import RunFailed

@@ -104,3 +104,21 @@ def rel_err(ours, ref) -> float:
     ours = np.asarray(ours, np.float64)
     ref = np.asarray(ref, np.float64)
     return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+def hf_reference(model_dir, token_ids: np.ndarray, hook_names: list[str]) -> dict[str, np.ndarray]:
+    """``hf_captures`` of one prompt through the float32 eager model in ``model_dir`` (loaded once),
+    only ``hook_names``, each ``[n, d]``."""
+    layers = sorted({int(name.split(".")[1]) for name in hook_names})
+    caps = hf_captures(_hf_model(str(model_dir)), np.asarray(token_ids)[None], layers, logits=False)
+    return {name: caps[name][0] for name in hook_names}
+
+
+_models: dict = {}
+
+
+def _hf_model(model_dir: str):
+    """The float32 eager reference for ``model_dir``, loaded once per test session."""
+    if model_dir not in _models:
+        _models[model_dir] = load_hf(model_dir)
+    return _models[model_dir]
