@@ -29,6 +29,7 @@ COMMANDS = {
     "verify": "arclens.store.commands:verify",
     "export-pickle": "arclens.store.commands:export_pickle",
     "random-model": "arclens.model.random_checkpoint:main",
+    "features": "arclens.features.commands:features",
 }
 
 
@@ -135,6 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-pickle", help="UNSAFE legacy export: gzipped pickle shards (seed layout)")
     p.add_argument("dest")
     p.add_argument("out")
+
+    p = sub.add_parser("features", help="per-latent statistics of an SAE by ARC grid role -> FDIR (docs/FEATURES.md)")
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens v6 layout); its hook must be in the source")
+    p.add_argument("--store", default=None, help="activation store (local path or fsspec URL) to read")
+    p.add_argument("--model", default=None, help="the model source; with --store: the model for token strings and logits")
+    p.add_argument("--tasks", default=None, help="the model source's tasks; with --store: the store's tasks (default: its metadata)")
+    p.add_argument("--solutions", default=None, help="Kaggle *_solutions.json for a *_challenges.json")
+    p.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks (model source)")
+    p.add_argument("--out", required=True, help="output folder (FDIR), written whole")
+    p.add_argument("--top-k", type=int, default=32, help="top activating tokens kept per latent")
+    p.add_argument("--quantiles", type=int, default=10, help="equal-width activation intervals per power of two")
+    p.add_argument("--quantile-examples", type=int, default=5, help="random examples per interval")
+    p.add_argument("--context", type=int, default=8, help="tokens each side of an example")
+    p.add_argument("--logits", type=int, default=10, help="tokens promoted and suppressed per latent (0: none)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per device batch")
+    _add_prompt_options(p)
 
     p = sub.add_parser("random-model", help="write a RANDOM-weight Qwen2 checkpoint with a tokenizer")
     p.add_argument("dir")
