@@ -161,3 +161,46 @@ def planted_activations(d_model: int, seed: int = 0, noise: float = 0.05, n_dist
         return x.astype(np.float32)
 
     return make, directions
+
+
+def build_fdir(root: Path, model_dir: Path, *, task_ids: list[str] | None = None, n_tasks: int = 2,
+               predictions_per_task: int = 4, d_sae: int = 16, seed: int = 0, **features) -> Path:
+    """A small real FDIR, written by `arclens features` (the Python entry) from a store of planted
+    activations over real prompts of the tiny tokenizer and a random standard SAE whose first
+    latents read the planted directions. `task_ids` may be any strings (e.g. HTML, to test
+    escaping). `features` are FeaturesSettings fields (top_k=..., context=...). Returns FDIR."""
+    from arclens.features.run import FeaturesSettings, run
+    from arclens.sae import SAEConfig, new_sae, save
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    d_model = 64
+    tasks_path = write_tasks(root / "tasks.json", n_tasks if task_ids is None else len(task_ids), seed, ids=task_ids)
+    tasks, tokenizer, config, samples = render(tasks_path, model_dir, predictions_per_task=predictions_per_task,
+                                               with_answer=True)
+    by_id = {t.task_id: t for t in tasks}
+    make, directions = planted_activations(d_model, seed)
+    truths = {s.key: truth(s, by_id[s.task_id], tokenizer) for s in samples}
+    write_store(root / "store", samples, lambda s: make(s, truths[s.key]),
+                store_metadata(model_dir, tasks_path, tasks, config, d_model))
+    rng = np.random.default_rng(seed)
+    w_enc = rng.standard_normal((d_model, d_sae)) / np.sqrt(d_model)
+    w_enc[:, : len(directions)] = directions.T[:, : d_sae]
+    cfg = SAEConfig("standard", d_model, d_sae, d_model, hook_name=HOOK)
+    save(new_sae(cfg, w_enc, -np.full(d_sae, 0.5), w_enc.T.copy(), np.zeros(d_model)), str(root / "sae"))
+    out = root / "fdir"
+    run(FeaturesSettings(sae=str(root / "sae"), out=out, store=str(root / "store"), progress=False, **features))
+    return out
+
+
+if __name__ == "__main__":  # python -m tests.support.planted_roles OUT: the example FDIR of docs/FEATURES.md
+    import os
+    import sys
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from arclens.model.random_checkpoint import write_random_model
+
+    dest = Path(sys.argv[1])
+    model = write_random_model(dest / "tiny-random-model", preset="tiny", seed=0)
+    print(build_fdir(dest, model, task_ids=["t-one", "<b>html<i>&amp;\"'"], d_sae=8, top_k=4, quantile_examples=2,
+                     quantiles=4, context=6, logits=5))
