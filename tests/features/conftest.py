@@ -17,10 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.support import planted_roles as pr
-from tests.support.features_brute import SETTINGS
-
-D_MODEL = 64  # the tiny model's hidden size, so token strings and logits come from it
-D_SAE = 48
+from tests.support.features_brute import D_MODEL, SETTINGS, quantised_sae
 
 
 @dataclass
@@ -31,20 +28,6 @@ class ExactStore:
     tokenizer: object
     model_dir: Path
     tie_token: int
-
-
-def quantised_sae(architecture: str, seed: int = 0):
-    from arclens.sae import SAEConfig, new_sae
-
-    rng = np.random.default_rng(seed)
-    w_enc = rng.integers(-8, 9, (D_MODEL, D_SAE)) / 16
-    b_enc = -rng.integers(16, 48, D_SAE) / 16
-    b_dec = rng.integers(-2, 3, D_MODEL) / 8
-    w_dec = rng.standard_normal((D_SAE, D_MODEL)) / 8
-    k = 4 if architecture == "topk" else None
-    threshold = rng.integers(0, 8, D_SAE) / 8 if architecture == "jumprelu" else None
-    cfg = SAEConfig(architecture, D_MODEL, D_SAE, D_MODEL, k=k, hook_name=pr.HOOK)
-    return new_sae(cfg, w_enc, b_enc, w_dec, b_dec, threshold)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.planted_roles import KINDS, truth_of
+from tests.support.planted_roles import HOOK, KINDS, truth_of
 
+D_MODEL = 64  # the tiny model's hidden size, so token strings and logits come from it
+D_SAE = 48
 EDGES = 10.0 ** np.linspace(-5, 5, 101)
 # The settings the exact tests run `arclens features` with (small, so that every cut is exercised).
 SETTINGS = {"top_k": 5, "quantiles": 4, "quantile_examples": 3, "context": 3, "logits": 6, "batch_tokens": 1024}
@@ -192,3 +194,17 @@ def read_fdir(fdir: Path):
     examples = [json.loads(line) for line in (fdir / "examples.jsonl").read_text().splitlines()]
     samples = {s["key"]: s for s in map(json.loads, (fdir / "samples.jsonl").read_text().splitlines())}
     return doc, arrays, examples, samples
+
+
+def quantised_sae(architecture: str, seed: int = 0):
+    from arclens.sae import SAEConfig, new_sae
+
+    rng = np.random.default_rng(seed)
+    w_enc = rng.integers(-8, 9, (D_MODEL, D_SAE)) / 16
+    b_enc = -rng.integers(16, 48, D_SAE) / 16
+    b_dec = rng.integers(-2, 3, D_MODEL) / 8
+    w_dec = rng.standard_normal((D_SAE, D_MODEL)) / 8
+    k = 4 if architecture == "topk" else None
+    threshold = rng.integers(0, 8, D_SAE) / 8 if architecture == "jumprelu" else None
+    cfg = SAEConfig(architecture, D_MODEL, D_SAE, D_MODEL, k=k, hook_name=HOOK)
+    return new_sae(cfg, w_enc, b_enc, w_dec, b_dec, threshold)
