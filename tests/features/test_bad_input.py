@@ -88,9 +88,9 @@ def test_an_out_folder_that_is_not_an_fdir_is_left_alone(capsys, tmp_path, exact
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
-def test_the_command_line_writes_an_fdir_and_replaces_its_own(tmp_path, exact_store):
+def test_the_command_line_writes_an_fdir_and_replaces_its_own(capsys, tmp_path, exact_store):
     """The real console path (a fresh process): exit 0, the four files; run again over the same
-    FDIR, it is replaced whole; an unknown model named by --model is one line, exit 2."""
+    FDIR, it is replaced whole; an unknown --model is one line, exit 2, the FDIR left as it was."""
     sae = _sae(tmp_path)
     out = tmp_path / "fdir"
     args = ["features", "--sae", sae, "--store", exact_store.dest, "--out", out, "--top-k", 3, "--batch-tokens", 2048]
@@ -104,5 +104,7 @@ def test_the_command_line_writes_an_fdir_and_replaces_its_own(tmp_path, exact_st
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "features.json").read_text())["created_at"] != "then"
     assert not list(tmp_path.glob("fdir.*"))
-    r = run_cli([*args, "--model", tmp_path / "no-such-model"])
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    before = (out / "features.json").read_bytes()
+    rc, err = _run(capsys, *args[1:], "--model", tmp_path / "no-such-model")
+    assert rc == 2 and len(err.splitlines()) == 1 and "no-such-model" in err
+    assert (out / "features.json").read_bytes() == before

@@ -49,6 +49,7 @@ class Brute:
     keys: list  # per token
     positions: np.ndarray
     token_ids: np.ndarray
+    token_hash: np.ndarray  # uint64 [N], features.hashing.token_hashes
     z: np.ndarray  # [N, F]
     kind: np.ndarray
     colour: np.ndarray
@@ -61,6 +62,7 @@ class Brute:
 
 
 def compute(stored: dict, tasks_by_id: dict, tokenizer, sae, hook: str) -> Brute:
+    from arclens.features.hashing import token_hashes
     from arclens.prompts import Augmentation
 
     cfg = sae.cfg
@@ -81,6 +83,7 @@ def compute(stored: dict, tasks_by_id: dict, tokenizer, sae, hook: str) -> Brute
         parts["keys"].extend([key] * n)
         parts["positions"].append(arrays["position"].astype(np.int64))
         parts["token_ids"].append(arrays["token_id"])
+        parts["token_hash"].append(token_hashes(key, arrays["position"]))
         parts["original"].extend([None if o is None else (info["task_id"], info["test_index"], *o) for o in t.original])
         samples[key] = (info, arrays, t, slice(start, start + n))
         start += n
@@ -122,18 +125,17 @@ def top_k(b: Brute, latent: int, k: int) -> list[tuple[str, int, float]]:
 
 def quantile_draws(b: Brute, latent: int, q: int, per: int) -> dict[int, list[tuple[str, int]]]:
     """Per interval index: the (key, position) of its `per` tokens of smallest hash, in that order."""
-    from arclens.features.hashing import latent_hashes, token_hashes
+    from arclens.features.hashing import latent_hashes
 
     v = b.z[:, latent]
     fired = np.flatnonzero(v > 0)
     if not len(fired):
         return {}
     top = 2.0 ** np.frexp(v.max())[1]
+    hashes = latent_hashes(b.token_hash[fired], np.full(len(fired), latent))
     out = defaultdict(list)
-    for i in fired:
-        j = int(np.floor(v[i] * q / top))
-        h = int(latent_hashes(token_hashes(b.keys[i], np.array([b.positions[i]])), np.array([latent]))[0])
-        out[j].append((h, b.keys[i], int(b.positions[i])))
+    for i, h in zip(fired.tolist(), hashes.tolist()):
+        out[int(np.floor(v[i] * q / top))].append((h, b.keys[i], int(b.positions[i])))
     return {j: [(key, pos) for _, key, pos in sorted(items)[:per]] for j, items in out.items()}
 
 
