@@ -30,6 +30,7 @@ COMMANDS = {
     "export-pickle": "arclens.store.commands:export_pickle",
     "random-model": "arclens.model.random_checkpoint:main",
     "features": "arclens.features.commands:features",
+    "dashboard": "arclens.features.dashboard.build:main",
 }
 
 
@@ -152,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits", type=int, default=10, help="tokens promoted and suppressed per latent (0: none)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per device batch")
     _add_prompt_options(p)
+
+    p = sub.add_parser("dashboard", help="static site of a features folder (opens from disk, no server)")
+    p.add_argument("fdir", help="a folder written by `arclens features`")
+    p.add_argument("--out", required=True, help="site folder (SITE/index.html), written whole")
 
     p = sub.add_parser("random-model", help="write a RANDOM-weight Qwen2 checkpoint with a tokenizer")
     p.add_argument("dir")

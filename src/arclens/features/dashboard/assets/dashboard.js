@@ -139,13 +139,18 @@ function histogramChart(bins) {
   return root;
 }
 
+function shortToken(t) {
+  const s = showToken(t);
+  return s.length > 18 ? s.slice(0, 17) + "…" : s;
+}
+
 // The logit table: the tokens the decoder direction promotes and suppresses, as diverging bars.
 function logitTable(topLogits, bottomLogits) {
   const rows = Math.max(topLogits.length, bottomLogits.length);
-  const w = 560, rh = 18, h = rows * rh + 24, mid = w / 2;
+  const w = 640, rh = 18, h = rows * rh + 24, mid = w / 2;
   const root = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, class: "chart logits", role: "img"});
   const all = topLogits.concat(bottomLogits).map((p) => Math.abs(p[1]));
-  const scale = (mid - 120) / Math.max(1e-12, ...all);
+  const scale = (mid - 170) / Math.max(1e-12, ...all);
   root.append(svg("text", {x: mid - 6, y: 14, "text-anchor": "end", class: "label head"}, "suppressed"));
   root.append(svg("text", {x: mid + 6, y: 14, class: "label head"}, "promoted"));
   for (let i = 0; i < rows; i++) {
@@ -154,13 +159,17 @@ function logitTable(topLogits, bottomLogits) {
     if (b) {
       const bw = Math.abs(b[1]) * scale;
       root.append(svg("rect", {x: mid - bw, y, width: bw, height: rh - 4, fill: "#c0504d", class: "bar"}));
-      root.append(svg("text", {x: mid - bw - 4, y: y + rh - 7, "text-anchor": "end", class: "token"},
-                      `${showToken(b[0])}  ${fmt(b[1])}`));
+      const label = svg("text", {x: mid - bw - 4, y: y + rh - 7, "text-anchor": "end", class: "token"},
+                        `${shortToken(b[0])}  ${fmt(b[1])}`);
+      label.append(svg("title", {}, `${showToken(b[0])}: ${fmt(b[1])}`));
+      root.append(label);
     }
     if (t) {
       const tw = Math.abs(t[1]) * scale;
       root.append(svg("rect", {x: mid, y, width: tw, height: rh - 4, fill: "#4f81bd", class: "bar"}));
-      root.append(svg("text", {x: mid + tw + 4, y: y + rh - 7, class: "token"}, `${showToken(t[0])}  ${fmt(t[1])}`));
+      const label = svg("text", {x: mid + tw + 4, y: y + rh - 7, class: "token"}, `${shortToken(t[0])}  ${fmt(t[1])}`);
+      label.append(svg("title", {}, `${showToken(t[0])}: ${fmt(t[1])}`));
+      root.append(label);
     }
   }
   root.append(svg("line", {x1: mid, x2: mid, y1: 18, y2: h, class: "axis"}));
@@ -345,7 +354,8 @@ function drawGrids(sample, ex, maxAct) {
     g.cells.forEach((row, r) => row.forEach((colour, c) => {
       const key = `${g.grid},${r},${c}`;
       const a = acts.get(key) || 0;
-      const cell = el("div", {class: "cell", "data-colour": colour, title: `row ${r}, col ${c}, colour ${colour}` +
+      const cell = el("div", {class: "cell", "data-colour": colour, "data-row": r, "data-col": c,
+                              title: `row ${r}, col ${c}, colour ${colour}` +
                               (a ? `, activation ${fmt(a)}` : "")});
       cell.style.backgroundColor = PALETTE[colour];
       if (a > 0) {
@@ -381,7 +391,7 @@ function contextLine(ctx, ex, maxAct) {
 
 function exampleCard(ex, maxAct, root, eager) {
   const card = el("article", {class: "example", "data-kind": ex.kind, "data-rank": ex.rank,
-                              "data-sample": ex.sample});
+                              "data-sample": ex.sample, "data-key": ex.key, "data-position": ex.position});
   const where = ex.cell ? `cell row ${ex.cell[1]}, col ${ex.cell[2]} of grid ${ex.cell[0]}` : "not a cell";
   card.append(el("h4", {}, el("span", {class: "act", text: fmt(ex.activation)}), " on token ",
                  el("code", {class: "tok", text: showToken(ex.token)}), ` (${where}) · task `,
