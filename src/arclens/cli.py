@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=8, help="tokens each side of an example")
     p.add_argument("--logits", type=int, default=10, help="tokens promoted and suppressed per latent (0: none)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per device batch")
+    p.add_argument("--png", type=int, nargs="+", default=None, metavar="LATENT",
+                   help="also draw these latents' top examples as ARC grids: FDIR/figures/latent-L.png")
+    p.add_argument("--png-dir", default=None, help="folder for the --png figures (default FDIR/figures)")
     _add_prompt_options(p)
 
     p = sub.add_parser("dashboard", help="static site of a features folder (opens from disk, no server)")

@@ -28,7 +28,15 @@ def features(args) -> int:
 
     if args.store is None and (args.model is None or args.tasks is None):
         raise UserError("arclens features: give --store DEST, or --model MODEL --tasks SRC (the model source)")
+    png = getattr(args, "png", None)
+    if png and any(latent < 0 for latent in png):
+        raise UserError(f"--png: latents are numbered from 0, got {min(png)}")
     summary = run(settings_from_args(args))
     print(f"arclens features: {summary['d_sae']} latents over {summary['n_tokens']:,} tokens in "
           f"{summary['seconds']:.1f} s -> {args.out}", file=sys.stderr)
+    if png:  # paper figures of these latents, drawn from the FDIR just written (features/figures.py)
+        from arclens.features.figures import write_figures
+
+        for path in write_figures(args.out, png, getattr(args, "png_dir", None)):
+            print(path)
     return 0

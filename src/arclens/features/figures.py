@@ -25,6 +25,8 @@ PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
 PALETTE_RGB = np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in PALETTE], np.uint8)
 DPI = 100
 MAX_WIDTH_PX = 3200
+LABEL_CHAR_PX = 6.2  # width of one character of an 8 pt label at DPI 100
+TITLE_CHAR_PX = 7.8  # and of a 10 pt title
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,15 @@ class GridBox:
     width: int
     cell_px: int
     cells: tuple[tuple[int, ...], ...]
+
+
+def _label(g: dict, width_px: int) -> str:
+    """The grid's role; shortened ("in 2", "out 2", "test in") where the grid is narrow."""
+    label = str(g.get("label", ""))
+    if len(label) * LABEL_CHAR_PX <= width_px:
+        return label
+    return {"train_input": f"in {(g.get('example') or 0) + 1}", "train_output": f"out {(g.get('example') or 0) + 1}",
+            "test_input": "test in", "answer": "answer"}.get(g.get("kind"), label)
 
 
 def _latent_examples(fd: FeatureDir, latent: int, n: int) -> list[dict]:
@@ -80,14 +91,17 @@ def latent_figure(fd: FeatureDir, latent: int, out: Path, n_examples: int = 4) -
     widest = max(sum(g["width"] for g in samples[e["key"]]["grids"]) + 2 * len(samples[e["key"]]["grids"])
                  for e in examples)
     cell_px = int(max(4, min(16, (MAX_WIDTH_PX - 2 * margin) // max(1, widest))))
-    rows = []  # (example, [(grid, left)], row height)
+    rows = []  # (example, [(grid, left, label)], row height, right edge)
     for e in examples:
         grids, left = [], margin
         for g in samples[e["key"]]["grids"]:
-            grids.append((g, left))
-            left += g["width"] * cell_px + gap
+            label = _label(g, g["width"] * cell_px)
+            grids.append((g, left, label))
+            left += max(g["width"] * cell_px, int(len(label) * LABEL_CHAR_PX) + 4) + gap
         rows.append((e, grids, max(g["height"] for g in samples[e["key"]]["grids"]) * cell_px, left))
-    width = max(r[3] for r in rows) + margin
+    titles = {e["rank"]: (f"latent {latent}  #{e['rank'] + 1}  activation {e['activation']:.3g}  "
+                          f"task {samples[e['key']]['task_id']}  (sample {e['key']})") for e in examples}
+    width = max(max(r[3] for r in rows) + margin, int(max(len(t) for t in titles.values()) * TITLE_CHAR_PX) + 2 * margin)
     height = sum(title_h + label_h + r[2] + gap for r in rows) + margin
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -96,16 +110,14 @@ def latent_figure(fd: FeatureDir, latent: int, out: Path, n_examples: int = 4) -
     boxes: list[GridBox] = []
     top = margin // 2
     for e, grids, row_h, _ in rows:
-        s = samples[e["key"]]
-        fig.text(margin / width, 1 - (top + title_h - 6) / height,
-                 f"latent {latent}  #{e['rank'] + 1}  activation {e['activation']:.3g}  task {s['task_id']}  "
-                 f"(sample {e['key']})", fontsize=10, parse_math=False, va="baseline")
+        fig.text(margin / width, 1 - (top + title_h - 6) / height, titles[e["rank"]], fontsize=10,
+                 parse_math=False, va="baseline")
         acts = {(c[0], c[1], c[2]): c[3] for c in e.get("cells") or []}
         focus = tuple(e["cell"]) if e.get("cell") else None
         gtop = top + title_h + label_h
-        for g, left in grids:
+        for g, left, label in grids:
             h, w = g["height"], g["width"]
-            fig.text(left / width, 1 - (gtop - 4) / height, g.get("label", ""), fontsize=8, parse_math=False,
+            fig.text(left / width, 1 - (gtop - 4) / height, label, fontsize=8, parse_math=False,
                      va="baseline", color="#333333")
             ax = fig.add_axes((left / width, 1 - (gtop + h * cell_px) / height, w * cell_px / width,
                                h * cell_px / height))
