@@ -25,6 +25,7 @@ COMMANDS = {
     "extract": "arclens.pipeline.extract:main",
     "infer": "arclens.pipeline.infer:main",
     "score": "arclens.pipeline.score:main",
+    "eval-sae": "arclens.pipeline.eval_sae:main",
     "inspect": "arclens.store.commands:inspect",
     "verify": "arclens.store.commands:verify",
     "export-pickle": "arclens.store.commands:export_pickle",
@@ -127,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", required=True)
     p.add_argument("--solutions", required=True, help="solutions file, or a built-in set with outputs")
     p.add_argument("--per-task", action="store_true", help="print a line per task")
+
+    p = sub.add_parser("eval-sae", help="CE, KL and loss recovered with an SAE spliced in, on arc24 training prompts")
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens v6 layout: cfg.json + sae_weights.safetensors)")
+    p.add_argument("--model", required=True)
+    _add_task_options(p)
+    p.add_argument("--out", required=True, help="results .json")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--tokens-per-batch", type=int, default=None, help="token budget per device batch")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="skip the check that the SAE's model_name names --model (same weights, another name)")
+    _add_prompt_options(p)
 
     p = sub.add_parser("inspect", help="summary of an activation store")
     p.add_argument("dest")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.support.reference import replacement_hooks, saelens_reconstruction
+from tests.support.reference import replacement_hooks, saelens_reconstruction, torch_threads
 
 from arclens.model import edits as E
 from arclens.model.config import QwenConfig
@@ -22,6 +22,13 @@ from arclens.sae.edits import splice
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("sae_lens")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
+
 
 NEW = 68  # >= 64 new tokens compared token for token
 LENGTHS = (5, 37, 13, 22, 9)  # batch 4: two batches

@@ -214,14 +214,23 @@ def shared_hf(model_dir):
     return _hf_model(str(model_dir))
 
 
-def next_token_ce(logits: np.ndarray, tokens: np.ndarray, mask: np.ndarray) -> float:
-    """Mean next-token cross-entropy (nats, float64) over positions p with ``mask[p]``, each
-    predicting ``tokens[p + 1]``; ``logits`` [T, V], ``tokens`` [T]."""
-    lg = np.asarray(logits, np.float64)[:-1]
-    logp = lg - lg.max(-1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-    ce = -logp[np.arange(len(lg)), np.asarray(tokens)[1:]]
-    return float(ce[np.asarray(mask)[:-1]].mean())
+def log_softmax64(logits) -> np.ndarray:
+    lg = np.asarray(logits, np.float64)
+    lg = lg - lg.max(-1, keepdims=True)
+    return lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+
+
+def next_token_ce(logits, tokens) -> np.ndarray:
+    """Per-position next-token cross-entropy (nats, float64): ``[T - 1]``, position p predicting
+    ``tokens[p + 1]``; ``logits`` ``[T, V]``."""
+    logp = log_softmax64(logits)[:-1]
+    return -logp[np.arange(len(logp)), np.asarray(tokens)[1:]]
+
+
+def kl_divergence(logits_p, logits_q) -> np.ndarray:
+    """KL(p || q) per position (float64) between the distributions of two ``[T, V]`` logits."""
+    lp, lq = log_softmax64(logits_p), log_softmax64(logits_q)
+    return (np.exp(lp) * (lp - lq)).sum(-1)
 
 
 def saelens_reconstruction(sae_dir):
@@ -239,3 +248,16 @@ def saelens_reconstruction(sae_dir):
             return sae.decode(sae.encode(x.float())).to(value.dtype)
 
     return fn, sae
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """torch's intra-op threads set to ``n`` for a block (restored after). The reference models
+    are tiny: on a busy 2-core machine, torch's own thread pool contending with XLA's costs more
+    than it gains (measured: 10x slower eager forwards under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
