@@ -155,3 +155,24 @@ def test_one_program_per_batch_computes_the_shared_layers_once(tiny_model_dir, t
         later = config.n_layers - 1 - layer  # layers after the hook, run once per edited variant
         # one clean pass + three edited continuations + the head (in the chunk loop) + encode/decode
         assert n <= per_layer * (config.n_layers + 3 * later) + 1 + 3, (layer, n, per_layer)
+
+
+def test_an_arclens_exports_model_fingerprint_decides_over_its_name(base_args, tmp_path, tiny_model_dir):
+    """arclens.json's recorded model fingerprint is compared by content (any spelling of --model
+    passes, other weights fail); a fingerprint of another scheme falls back to the name."""
+    from arclens.model.fingerprint import model_fingerprint
+    from arclens.pipeline.eval_sae import validate
+
+    sae = _save_sae(tmp_path / "sae", model_name="a-name-that-matches-nothing")
+    args = cli.build_parser().parse_args([str(a) for a in base_args] + ["--sae", str(sae), "--out",
+                                                                          str(tmp_path / "e.json")])
+    mine = model_fingerprint(tiny_model_dir)
+    (sae / "arclens.json").write_text(json.dumps({"source": {"model": {"fingerprint": mine}}}))
+    validate(args)
+    other = mine[:-6] + "000000"
+    (sae / "arclens.json").write_text(json.dumps({"source": {"model": {"fingerprint": other}}}))
+    with pytest.raises(cli.UserError, match="another model fingerprint"):
+        validate(args)
+    (sae / "arclens.json").write_text(json.dumps({"model_fingerprint": "sampled-sha256-v1:" + "0" * 64}))
+    with pytest.raises(cli.UserError, match="made for model 'a-name-that-matches-nothing'"):
+        validate(args)

@@ -361,9 +361,6 @@ class EditRunner:
     def __bool__(self) -> bool:
         return bool(self.edits)
 
-    def deepest_layer(self) -> int:
-        return max((parse_hook(name).layer for name in self.edits), default=-1)
-
     def tap(self, layer: int) -> Callable[[str, jax.Array], jax.Array]:
         def apply(kind: str, x: jax.Array) -> jax.Array:
             name = f"blocks.{layer}.hook_{kind}"

@@ -61,7 +61,8 @@ def _read_provenance(sae_dir: str) -> dict:
 
 
 def _fingerprints(obj) -> set[str]:
-    """Every model fingerprint (``scheme:hex`` string under a key naming one) in a provenance record."""
+    """Every model fingerprint (``sampled-sha256-...:hex``, model/fingerprint.py) found under a key
+    naming a fingerprint anywhere in a provenance record."""
     found = set()
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -88,8 +89,9 @@ def check_model(sae, sae_dir: str, model: str, model_path: Path, fingerprint: st
     """UserError if the SAE was made for another model: by the model fingerprint its arclens.json
     records (arclens exports), else by ``metadata.model_name`` against --model, its folder and the
     checkpoint's ``_name_or_path`` (SAELens folders; the last path component is enough)."""
-    recorded = _fingerprints(_read_provenance(sae_dir))
-    if recorded and fingerprint:
+    scheme = (fingerprint or "").partition(":")[0]
+    recorded = {f for f in _fingerprints(_read_provenance(sae_dir)) if f.partition(":")[0] == scheme}
+    if recorded and fingerprint:  # fingerprints of another scheme cannot be compared: use the name
         if fingerprint not in recorded:
             raise UserError(f"--sae {sae_dir}: trained on another model than --model {model} (its arclens.json "
                             "records another model fingerprint)")
