@@ -31,6 +31,7 @@ COMMANDS = {
     "export-pickle": "arclens.store.commands:export_pickle",
     "random-model": "arclens.model.random_checkpoint:main",
     "features": "arclens.features.commands:features",
+    "toy-model": "arclens.pipeline.toy_model:main",
     "dashboard": "arclens.features.dashboard.build:main",
 }
 
@@ -178,6 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["tiny", "0.5b", "1.5b", "7b"], default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+
+    p = sub.add_parser("toy-model", help="train a TOY tiny Qwen2 on arc24 training prompts (CPU minutes)")
+    p.add_argument("dir")
+    _add_task_options(p)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per step")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--warmup", type=int, default=20, help="warm-up steps of the cosine schedule")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, augmentations and batch order")
+    p.add_argument("--max-prompt-tokens", type=int, default=1024, help="leave out longer prompts")
+    p.add_argument("--prompt-version", default=DEFAULT_PROMPT_VERSION)
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="arc24 encoder expression (parsed, never eval'd)")
+    p.add_argument("--predictions-per-task", type=int, default=8, help="augmentations of each task")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--eval-tasks", default="arc-agi-1/evaluation", help="held-out tasks for the loss; none: skip")
+    p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts (within --max-prompt-tokens)")
     return parser
 
 

@@ -168,13 +168,22 @@ def validate(args, runtime) -> ExtractSettings:
     )
 
 
+def _config_label(model_path, key: str) -> bool:
+    try:
+        return bool(json.loads((Path(model_path) / "config.json").read_text()).get(key, False))
+    except (OSError, ValueError):
+        return False
+
+
 def is_random_checkpoint(model_path) -> bool:
     """True for a checkpoint written by `arclens random-model` (its config.json says so), so that a
     store of random activations is labelled as such wherever it goes."""
-    try:
-        return bool(json.loads((Path(model_path) / "config.json").read_text()).get("arclens_random", False))
-    except (OSError, ValueError):
-        return False
+    return _config_label(model_path, "arclens_random")
+
+
+def is_toy_checkpoint(model_path) -> bool:
+    """True for a checkpoint trained by `arclens toy-model` (config.json's ``arclens_toy``)."""
+    return _config_label(model_path, "arclens_toy")
 
 
 TASKS_FINGERPRINT_SCHEME = "tasks-sha256-v1"
@@ -202,6 +211,8 @@ def store_metadata(s: ExtractSettings) -> dict:
     ``--model`` and ``--tasks`` were spelled (store/format.py ``FINGERPRINTED_SECTIONS``)."""
     model = {"name": s.model_name, "config": s.config.to_json(), "dtype": s.dtype,
              "random_weights": is_random_checkpoint(s.model_path)}
+    if is_toy_checkpoint(s.model_path):  # only then, so stores of other models keep their metadata
+        model["toy_weights"] = True
     if s.model_fingerprint is not None:
         model["fingerprint"] = s.model_fingerprint
     return {
