@@ -45,3 +45,20 @@ def test_take_and_reoffer_merges_groups():
     best.offer(np.full(len(g), 3), k1, k2, v)  # the two groups merged into one
     _, _, k1s, _, _ = best.items()
     assert k1s.tolist() == [1, 2]
+
+
+def test_pairs_cut_on_the_device_equal_numpys():
+    """The accelerator path of the firing pairs (jnp.nonzero with a static size, doubled until it
+    fits) gives exactly what the CPU path gives; run here on the CPU backend."""
+    import jax.numpy as jnp
+
+    from arclens.features.accumulate import device_pairs, host_pairs
+
+    rng = np.random.default_rng(0)
+    z = np.where(rng.random((300, 40)) < 0.2, rng.random((300, 40)), 0).astype(np.float32)
+    want = host_pairs(z)
+    got, cap = device_pairs(jnp.asarray(z), int((z > 0).sum()), 1)
+    assert cap == 16  # 1 pair per token did not fit ~8; doubled to the first that does
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert np.all(np.diff(want[1]) >= 0)  # token order

@@ -49,6 +49,7 @@ class SampleRecord:
     info: dict
     columns: dict[str, np.ndarray]
     cells: object  # SampleCells
+    multi_token_cells: bool
 
 
 class Captures:
@@ -61,7 +62,8 @@ class Captures:
 
     def add(self, batch: Batch, latent: np.ndarray, token: np.ndarray, value: np.ndarray,
             kept: np.ndarray) -> None:
-        """Keep the activations of (sample, latent) for the pairs `kept` (indices into the pairs)."""
+        """Keep the activations of (sample, latent) for the pairs `kept` (indices into the pairs,
+        which are in token order)."""
         if not len(kept):
             return
         f = self.d_sae
@@ -71,19 +73,20 @@ class Captures:
         new = np.asarray([c not in self.acts for c in codes.tolist()], bool)
         if not new.any():
             return
-        codes, b_sample, lats = codes[new], b_sample[first[new]], latent[kept][first[new]].astype(np.int64)
-        starts = np.asarray([s.start for s in batch.samples], np.int64)[b_sample]
-        ends = np.asarray([s.end for s in batch.samples], np.int64)[b_sample]
-        pair_code = latent.astype(np.int64) * batch.size + token
-        lo = np.searchsorted(pair_code, lats * batch.size + starts)
-        hi = np.searchsorted(pair_code, lats * batch.size + ends)
-        for c, i, a, b, s0 in zip(codes.tolist(), b_sample.tolist(), lo.tolist(), hi.tolist(), starts.tolist()):
-            self.acts[c] = ((token[a:b] - s0).astype(np.int32), value[a:b].astype(np.float32))
-            rank = c // f
-            if rank not in self.samples:
-                s = batch.samples[i]
-                self.samples[rank] = SampleRecord(dict(s.info), {k: np.array(s.columns[k]) for k in COLUMNS},
-                                                  s.cells)
+        codes, b_sample = codes[new], b_sample[first[new]]
+        for i in np.unique(b_sample).tolist():  # per sample: its pairs, by latent then token
+            s = batch.samples[i]
+            lo, hi = np.searchsorted(token, [s.start, s.end])
+            lat, order = latent[lo:hi], np.argsort(latent[lo:hi], kind="stable")
+            lat_sorted, tok, val = lat[order], token[lo:hi][order] - s.start, value[lo:hi][order]
+            mine = codes[b_sample == i]
+            wanted = mine % f
+            a, b = np.searchsorted(lat_sorted, wanted), np.searchsorted(lat_sorted, wanted, side="right")
+            for c, x, y in zip(mine.tolist(), a.tolist(), b.tolist()):
+                self.acts[c] = (tok[x:y].astype(np.int32), val[x:y].astype(np.float32))
+            if s.rank not in self.samples:
+                self.samples[s.rank] = SampleRecord(dict(s.info), {k: np.array(s.columns[k]) for k in COLUMNS},
+                                                    s.cells, s.multi_token_cells)
 
     def keep_only(self, live_codes: np.ndarray) -> None:
         live = set(np.asarray(live_codes, np.int64).tolist())
@@ -92,6 +95,28 @@ class Captures:
         ranks = {c // self.d_sae for c in live}
         for r in [r for r in self.samples if r not in ranks]:
             del self.samples[r]
+
+
+def host_pairs(z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    zh = np.asarray(z)
+    tok, lat = np.nonzero(zh > 0)
+    return lat.astype(np.int32), tok.astype(np.int64), zh[tok, lat]
+
+
+def device_pairs(z, n_expected: int, cap: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """host_pairs by `firing_pairs` on the device, `cap` pairs per token at first, doubled until
+    they fit (each new size compiles once); returns the pairs and the cap that fitted."""
+    n_tokens = z.shape[0]
+    while n_expected > max(1, cap * n_tokens):
+        cap *= 2
+    lat, tok, val, count = firing_pairs(z, max(1, cap * n_tokens))
+    count = int(count)
+    return (np.asarray(lat)[:count], np.asarray(tok)[:count].astype(np.int64), np.asarray(val)[:count]), cap
+
+
+def _on_cpu(array) -> bool:
+    devices = getattr(array, "devices", None)
+    return devices is None or all(d.platform == "cpu" for d in devices())
 
 
 class Accumulator:
@@ -116,16 +141,13 @@ class Accumulator:
         self._batches = 0
 
     def pairs(self, z, n_expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The batch's firing pairs, sorted by latent then token (the device call is repeated
-        with a larger size when it did not fit, which compiles once per new size)."""
-        n_tokens = z.shape[0]
-        while True:
-            size = max(1, self._pair_cap * n_tokens)
-            if n_expected <= size:
-                lat, tok, val, count = firing_pairs(z, size)
-                count = int(count)
-                return np.asarray(lat)[:count], np.asarray(tok)[:count].astype(np.int64), np.asarray(val)[:count]
-            self._pair_cap *= 2
+        """The batch's firing pairs (latent, token, value), sorted by token then latent: cut on
+        the device on an accelerator, so that only they come back; on the CPU backend ``z``
+        already is host memory, and numpy's nonzero is ~20x faster than XLA's there."""
+        if _on_cpu(z):
+            return host_pairs(z)
+        pairs, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
+        return pairs
 
     def update(self, batch: Batch, z, stats: dict) -> None:
         stats = {k: np.asarray(v) for k, v in stats.items()}

@@ -30,6 +30,7 @@ class BatchSample:
     columns: dict[str, np.ndarray]  # COLUMNS, per token (views; copied when an example keeps them)
     cells: SampleCells
     unique_cells: np.ndarray  # int64: the original cells its cell tokens show, each once
+    multi_token_cells: bool  # some cell is shown as several tokens (RepeatNumberEncoder)
 
 
 @dataclass
@@ -74,8 +75,10 @@ class BatchBuilder:
         self.order[sl] = (np.int64(rank) << np.int64(32)) | positions
         self.token_hash[sl] = token_hashes(info["key"], positions)
         self.sample_of[sl] = len(self.samples)
-        unique_cells = np.unique(roles.cell[roles.cell >= 0])
-        s = BatchSample(rank, group, start, end, info, columns, cells, unique_cells)
+        cell_tokens = roles.cell[roles.cell >= 0]
+        unique_cells = np.unique(cell_tokens)
+        s = BatchSample(rank, group, start, end, info, columns, cells, unique_cells,
+                        len(unique_cells) < len(cell_tokens))
         self.samples.append(s)
         return s
 

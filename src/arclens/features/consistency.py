@@ -23,17 +23,16 @@ class Consistency:
         self.n_cells = np.zeros(d_sae, np.int64)
 
     def add_batch(self, batch, latent: np.ndarray, token: np.ndarray) -> None:
-        """The firing pairs of one batch (latent, token index), for every sample of the batch."""
-        cell = batch.cell[token]
-        on_cell = cell >= 0
-        sample = batch.sample_of[token[on_cell]].astype(np.int64)
-        code = cell[on_cell] * self.d_sae + latent[on_cell]
-        span = (int(code.max()) + 1) if len(code) else 1
-        # One code per (sample, cell, latent): a cell shown as several tokens fires once per sample.
-        keyed = np.unique(sample * span + code)
-        bounds = np.searchsorted(keyed, np.arange(len(batch.samples) + 1, dtype=np.int64) * span)
-        for i, s in enumerate(batch.samples):
-            self.add_sample(s.group, s.unique_cells, keyed[bounds[i]:bounds[i + 1]] - i * span)
+        """The firing pairs of one batch (latent, token index; in token order), for every sample."""
+        bounds = np.searchsorted(token, [(s.start, s.end) for s in batch.samples]) if batch.samples else []
+        for s, (lo, hi) in zip(batch.samples, bounds):
+            tok = token[lo:hi]
+            cell = batch.cell[tok]
+            on_cell = cell >= 0
+            code = cell[on_cell] * self.d_sae + latent[lo:hi][on_cell]
+            if s.multi_token_cells:  # a cell shown as several tokens fires once per sample
+                code = np.unique(code)
+            self.add_sample(s.group, s.unique_cells, code)
 
     def add_sample(self, group: int, cells: np.ndarray, fired: np.ndarray) -> None:
         """`cells`: the original cells the sample shows; `fired`: cell * d_sae + latent, once each."""
@@ -48,8 +47,8 @@ class Consistency:
         cells = np.concatenate(self.cells.pop(group))
         if not len(fired):
             return
-        codes, k = np.unique(fired, return_counts=True)
-        seen_cells, n = np.unique(cells, return_counts=True)
+        codes, k = _counts(fired)
+        seen_cells, n = _counts(cells)
         cell, latent = np.divmod(codes, self.d_sae)
         n_seen = n[np.searchsorted(seen_cells, cell)]
         several = n_seen >= 2
@@ -63,3 +62,12 @@ class Consistency:
         with np.errstate(invalid="ignore", divide="ignore"):
             value = np.where(self.n_cells > 0, self.share_sum / self.n_cells, np.nan)
         return value, self.n_cells.copy()
+
+
+def _counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_counts=True) by one sort (numpy's hash-based unique is slower here)."""
+    x = np.sort(x)
+    if not len(x):
+        return x, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
+    return x[starts], np.diff(np.r_[starts, len(x)])

@@ -62,8 +62,8 @@ def batch_stats(sae: SAE, x, valid, kind, colour, shown, row, col, border):
 
 @partial(jax.jit, static_argnums=1)
 def firing_pairs(z, size: int):
-    """(latent, token, value) of every firing entry, sorted by latent then token, padded to
+    """(latent, token, value) of every firing entry, sorted by token then latent, padded to
     `size`; and the true count (when it exceeds `size`, call again with a larger one)."""
-    fired = z.T > 0
-    latent, token = jnp.nonzero(fired, size=size, fill_value=0)
+    fired = z > 0
+    token, latent = jnp.nonzero(fired, size=size, fill_value=0)
     return latent.astype(jnp.int32), token.astype(jnp.int32), z[token, latent], jnp.sum(fired, dtype=jnp.int32)

@@ -68,22 +68,36 @@ def publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _example(acc, strings, context: int, latent: int, kind: str, rank: int, order: int, value: float,
-             keys: list[str]) -> dict:
-    key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
-    record = acc.captures.samples[key_rank]
-    offsets, acts = acc.captures.acts[key_rank * acc.d_sae + latent]
+def _cells_json(record, offsets: np.ndarray, acts: np.ndarray) -> str:
+    """`cells` of an example as JSON text: [grid, row, col, activation] of every cell where the
+    latent fires, the largest activation over the cell's tokens (written straight from numpy:
+    this is most of the bytes of examples.jsonl)."""
     cols = record.columns
-    i = int(np.searchsorted(cols["position"], position))
-    grid, row, col = int(cols["grid"][i]), int(cols["row"][i]), int(cols["col"][i])
     on_cell = cols["grid"][offsets] >= 0
     g, r, c = (cols[k][offsets[on_cell]].astype(np.int64) for k in ("grid", "row", "col"))
     a = acts[on_cell]
-    code = g * CELL_CODE_GRID + r * MAX_SIDE + c
-    order_ = np.lexsort((-a, code))  # per cell, its largest activation over the cell's tokens first
-    first = order_[np.r_[True, code[order_][1:] != code[order_][:-1]]] if len(code) else order_
-    values = f32_list(a[first])
-    cells = [[int(g[j]), int(r[j]), int(c[j]), v] for j, v in zip(first.tolist(), values)]
+    if record.multi_token_cells and len(a):
+        code = g * CELL_CODE_GRID + r * MAX_SIDE + c
+        order = np.lexsort((-a, code))  # per cell, its largest activation first
+        first = order[np.r_[True, code[order][1:] != code[order][:-1]]]
+        g, r, c, a = g[first], r[first], c[first], a[first]
+    values = np.asarray(a, np.float32).astype(str)
+    return "[" + ",".join(f"[{x},{y},{z},{v}]" for x, y, z, v in zip(g.tolist(), r.tolist(), c.tolist(),
+                                                                   values.tolist())) + "]"
+
+
+def _example(acc, strings, context: int, latent: int, kind: str, rank: int, order: int, value: float,
+             keys: list[str], cells_cache: dict) -> tuple[dict, str]:
+    """An example line without its `cells`, and the `cells` as JSON text."""
+    key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
+    record = acc.captures.samples[key_rank]
+    code = key_rank * acc.d_sae + latent
+    offsets, acts = acc.captures.acts[code]
+    if code not in cells_cache:
+        cells_cache[code] = _cells_json(record, offsets, acts)
+    cols = record.columns
+    i = int(np.searchsorted(cols["position"], position))
+    grid, row, col = int(cols["grid"][i]), int(cols["row"][i]), int(cols["col"][i])
     n = len(cols["position"])
     lo, hi = max(0, i - context), min(n, i + context + 1)
     dense = np.zeros(hi - lo, np.float32)
@@ -92,13 +106,13 @@ def _example(acc, strings, context: int, latent: int, kind: str, rank: int, orde
     ids = cols["token_id"][lo:hi]
     return {"latent": latent, "kind": kind, "rank": rank, "key": keys[key_rank], "position": position,
             "activation": f32(value), "token": strings([cols["token_id"][i]])[0],
-            "cell": [grid, row, col] if grid >= 0 else None, "cells": cells,
+            "cell": [grid, row, col] if grid >= 0 else None,
             "context": {"first": int(cols["position"][lo]), "positions": cols["position"][lo:hi].tolist(),
-                        "token_ids": ids.tolist(), "tokens": strings(ids), "acts": f32_list(dense)}}
+                        "token_ids": ids.tolist(), "tokens": strings(ids), "acts": f32_list(dense)}}, cells_cache[code]
 
 
-def examples(acc, strings, context: int, keys: list[str]) -> Iterator[dict]:
-    """Every example line, by latent, top before quantile, then rank."""
+def examples(acc, strings, context: int, keys: list[str]) -> Iterator[tuple[str, str]]:
+    """(key, JSON line) of every example, by latent, top before quantile, then rank."""
     tg, _, _, tk2, tv = acc.top.items()
     dg, _, _, dk2, dv = acc.draws.items()
     q = acc.n_intervals
@@ -109,15 +123,22 @@ def examples(acc, strings, context: int, keys: list[str]) -> Iterator[dict]:
     t_bounds = np.searchsorted(tg, np.arange(acc.d_sae + 1))
     d_bounds = np.searchsorted(d_lat, np.arange(acc.d_sae + 1))
     intervals = quantile_intervals(acc)
+
+    def line(d: dict, cells: str) -> str:
+        text = json.dumps(d, allow_nan=False)
+        return f'{text[:-1]}, "cells": {cells}}}'
+
     for f in range(acc.d_sae):
+        cache: dict[int, str] = {}  # (sample, latent) -> cells: examples of one latent share samples
         for rank, j in enumerate(range(t_bounds[f], t_bounds[f + 1])):
-            yield _example(acc, strings, context, f, "top", rank, int(tk2[j]), float(tv[j]), keys)
+            d, cells = _example(acc, strings, context, f, "top", rank, int(tk2[j]), float(tv[j]), keys, cache)
+            yield d["key"], line(d, cells)
         by_index = {iv["index"]: iv for iv in (intervals[f] or {}).get("intervals", [])}
         for rank, j in enumerate(range(d_bounds[f], d_bounds[f + 1])):
-            line = _example(acc, strings, context, f, "quantile", rank, int(dk2[j]), float(dv[j]), keys)
+            d, cells = _example(acc, strings, context, f, "quantile", rank, int(dk2[j]), float(dv[j]), keys, cache)
             iv = by_index[int(d_int[j])]
-            line["interval"] = {"index": iv["index"], "low": iv["low"], "high": iv["high"], "share": iv["share"]}
-            yield line
+            d["interval"] = {"index": iv["index"], "low": iv["low"], "high": iv["high"], "share": iv["share"]}
+            yield d["key"], line(d, cells)
 
 
 def sample_line(record, prompt: dict) -> dict:
@@ -172,9 +193,9 @@ def write_fdir(out: Path, acc, *, header: dict, keys: list[str], prompt: dict, l
         quantiles = quantile_intervals(acc)
         referenced = set()
         with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
-            for line in examples(acc, strings, context, keys):
-                referenced.add(line["key"])
-                fh.write(json.dumps(line, allow_nan=False) + "\n")
+            for key, line in examples(acc, strings, context, keys):
+                referenced.add(key)
+                fh.write(line + "\n")
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as fh:
             for rank in sorted(acc.captures.samples):
                 if keys[rank] in referenced:

@@ -110,7 +110,14 @@ def prepare_store(s: FeaturesSettings) -> Prepared:
         from arclens.pipeline.extract import tasks_fingerprint
         from arclens.store.format import fingerprints_comparable
 
-        now = tasks_fingerprint(tasks, bool(prompt.get("with_answer")))
+        with_answer = bool(prompt.get("with_answer"))
+        now = tasks_fingerprint(tasks, with_answer)
+        count = (meta.get("tasks") or {}).get("count")
+        if now != stored_fp and isinstance(count, int) and 0 < count < len(tasks):
+            # extract --max-tasks N keeps the first N tasks in id order (data.loaders.load_tasks)
+            first = tasks_fingerprint(tasks[:count], with_answer)
+            if first == stored_fp:
+                tasks, now = tasks[:count], first
         if fingerprints_comparable(stored_fp, now) and stored_fp != now:
             raise UserError(f"--tasks {source_name}: not the tasks this store was made from (fingerprint "
                             f"{now[:30]}..., the store has {stored_fp[:30]}...); pass them with --tasks "
