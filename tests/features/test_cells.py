@@ -127,3 +127,25 @@ def test_prompt_slots_follow_the_prompt_versions():
     assert prompt_slots("output-from-examples-v1", 2, True) == (0, 1, 2, 3, 4, 5)
     assert prompt_slots("input-from-inputs-v0", 2, True) == (0, 2, 4)
     assert prompt_slots("output-from-outputs-v0", 2, True) == (1, 3, 5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_role_columns_are_the_role_matrix_rows(n, seed):
+    """The host's per-token role columns (coverage counts) and the device's one-hot role matrix
+    (masses) name the same columns for every token."""
+    import jax.numpy as jnp
+
+    from arclens.features.device import role_matrix
+    from arclens.features.layout import N_ROLE_COLUMNS, role_columns
+
+    rng = np.random.default_rng(seed)
+    cell = rng.random(n) < 0.7
+    kind = np.where(cell, rng.integers(0, 4, n), -1)
+    fields = [kind] + [np.where(cell, rng.integers(0, hi, n), -1) for hi in (10, 10, 30, 30, 2)]
+    cols = role_columns(*fields)
+    one_hot = np.zeros((n, N_ROLE_COLUMNS))
+    for i, row in enumerate(cols):
+        one_hot[i, row[row >= 0]] = 1
+    dense = np.asarray(role_matrix(*(jnp.asarray(f.astype(np.int8)) for f in fields)))
+    np.testing.assert_array_equal(dense, one_hot)

@@ -128,20 +128,30 @@ def test_consistency(case):
 
 
 def test_coverage(case):
+    """Coverage as Karvonen et al. define it: per threshold the best latent's F1 per property,
+    averaged over properties, at the best threshold; thresholds on each latent's interval grid."""
     _, _, (doc, arrays, _, _), brute = case
+    q = SETTINGS["quantiles"]
     props = fb.properties(brute)
     cov = doc["coverage"]
     present = {name: mask for name, mask in props.items() if mask.any()}
     assert set(cov["properties"]) == set(present)
-    for name, mask in present.items():
-        scores = fb.f1(brute, mask)
-        best = int(np.argmax(scores))
-        assert cov["properties"][name]["latent"] == best, name
-        assert cov["properties"][name]["f1"] == pytest.approx(scores[best], rel=1e-9)
-        assert cov["properties"][name]["n_tokens"] == int(mask.sum())
-    assert cov["mean"] == pytest.approx(np.mean([fb.f1(brute, m).max() for m in present.values()]), rel=1e-9)
-    names = [name for name in props]  # column order of coverage_f1 is the property order
+    scores = {name: fb.f1(brute, mask, q) for name, mask in present.items()}  # [F, Q] each
+    for name, s in scores.items():
+        f, j = divmod(int(np.argmax(s)), q)
+        got = cov["properties"][name]
+        assert (got["latent"], got["threshold_index"]) == (f, j), name
+        assert got["f1"] == pytest.approx(s[f, j], rel=1e-9)
+        assert got["n_tokens"] == int(present[name].sum())
+    per_threshold = np.mean([s.max(axis=0) for s in scores.values()], axis=0)
+    assert cov["threshold_index"] == int(np.argmax(per_threshold))
+    assert cov["mean"] == pytest.approx(per_threshold.max(), rel=1e-9)
+    assert any(p["threshold_index"] > 0 for p in cov["properties"].values())  # thresholds above 0 are exercised
+    names = list(props)  # column order of coverage_f1 is the property order
     assert arrays["coverage_f1"].shape == (brute.z.shape[1], len(names))
+    for p, name in enumerate(names):
+        if name in scores:
+            np.testing.assert_allclose(arrays["coverage_f1"][:, p], scores[name].max(axis=1), rtol=1e-6)
 
 
 def test_quantile_intervals_and_examples(case):

@@ -182,10 +182,17 @@ def properties(b: Brute) -> dict[str, np.ndarray]:
     return props
 
 
-def f1(b: Brute, mask: np.ndarray) -> np.ndarray:
-    fire = b.z > 0
-    tp = (fire & mask[:, None]).sum(0)
-    return 2 * tp / (fire.sum(0) + mask.sum())
+def f1(b: Brute, mask: np.ndarray, q: int) -> np.ndarray:
+    """[F, Q]: F1 of each latent as a detector of `mask` when active means z > 0 (j = 0) or
+    floor(z * Q / M) >= j, M the power of two above the latent's maximum."""
+    top = 2.0 ** np.frexp(b.z.max(0))[1]
+    bins = np.floor(b.z * q / top[None, :])
+    out = np.zeros((b.z.shape[1], q))
+    for j in range(q):
+        active = (b.z > 0) & (bins >= j)
+        tp = (active & mask[:, None]).sum(0)
+        out[:, j] = 2 * tp / (active.sum(0) + mask.sum())
+    return out
 
 
 def read_fdir(fdir: Path):

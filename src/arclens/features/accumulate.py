@@ -15,7 +15,7 @@ import numpy as np
 
 from arclens.features.batch import COLUMNS, Batch
 from arclens.features.best import BestPerGroup
-from arclens.features.consistency import Consistency
+from arclens.features.consistency import Consistency, counts_of
 from arclens.features.device import firing_pairs
 from arclens.features.hashing import latent_hashes
 from arclens.features.layout import N_ROLE_COLUMNS
@@ -128,7 +128,8 @@ class Accumulator:
         self.mass = np.zeros(f, np.float64)
         self.max = np.zeros(f, np.float32)
         self.role_mass = np.zeros((f, N_ROLE_COLUMNS), np.float64)
-        self.role_fires = np.zeros((f, N_ROLE_COLUMNS), np.int64)
+        # firing tokens by (latent, activation interval, role column): coverage at every threshold
+        self.role_bins = np.zeros((f, n_intervals, N_ROLE_COLUMNS), np.int64)
         self.role_tokens = np.zeros(N_ROLE_COLUMNS, np.int64)
         self.hist = np.zeros((f, N_HIST), np.int64)
         self.top = BestPerGroup(f, top_k, np.float64)
@@ -156,7 +157,6 @@ class Accumulator:
         self.mass += stats["mass"]
         np.maximum(self.max, stats["max"], out=self.max)
         self.role_mass += stats["role_mass"]
-        self.role_fires += np.rint(stats["role_fires"]).astype(np.int64)
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
         lat, tok, val = self.pairs(z, int(stats["n_fires"].sum()))
         f = self.d_sae
@@ -189,6 +189,14 @@ class Accumulator:
                 for src in range(q):
                     merged[rows, target[src]] += counts[rows, src]
             self.interval_counts[latents] = merged
+            bins = self.role_bins[latents]
+            merged_bins = np.zeros_like(bins)
+            for s in np.unique(shift):
+                rows = np.flatnonzero(shift == s)
+                target = j >> min(int(s), 62)
+                for src in range(q):
+                    merged_bins[rows, target[src]] += bins[rows, src]
+            self.role_bins[latents] = merged_bins
             groups = (latents[:, None] * q + j[None, :]).ravel()
             g, k1, k2, v = self.draws.take(groups)
             f_of, old_j = np.divmod(g, q)
@@ -200,6 +208,12 @@ class Accumulator:
         interval = interval_index(val, self.exponent[lat], q)
         self.interval_counts += np.bincount(lat.astype(np.int64) * q + interval,
                                             minlength=self.d_sae * q).reshape(self.d_sae, q)
+        cols = batch.role_cols[tok]
+        on = cols >= 0
+        if on.any():
+            codes = ((lat.astype(np.int64) * q + interval)[:, None] * N_ROLE_COLUMNS + cols)[on]
+            where, n = counts_of(codes)
+            self.role_bins.reshape(-1)[where] += n
         hashes = latent_hashes(batch.token_hash[tok], lat)
         return self.draws.offer(lat.astype(np.int64) * q + interval, hashes, order, val)
 

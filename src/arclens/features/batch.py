@@ -14,6 +14,7 @@ import numpy as np
 from arclens.features.cells import SampleCells, TokenRoles
 from arclens.features.device import ROLE_FIELDS
 from arclens.features.hashing import token_hashes
+from arclens.features.layout import ROLES_PER_CELL, role_columns
 
 COLUMNS = ("position", "token_id", "grid", "row", "col")
 
@@ -39,6 +40,7 @@ class Batch:
     valid: np.ndarray  # float32 [N]
     roles: dict[str, np.ndarray]  # ROLE_FIELDS -> int8 [N]
     cell: np.ndarray  # int64 [N]: original cell code, -1
+    role_cols: np.ndarray  # int16 [N, ROLES_PER_CELL]: layout.role_columns, -1 where none
     order: np.ndarray  # int64 [N]: (key rank << 32) | position, the tie-break order
     token_hash: np.ndarray  # uint64 [N]
     sample_of: np.ndarray  # int32 [N]: index into `samples`, -1 for padding
@@ -57,6 +59,7 @@ class BatchBuilder:
         self.valid = np.zeros(size, np.float32)
         self.roles = {name: np.full(size, -1, np.int8) for name in ROLE_FIELDS}
         self.cell = np.full(size, -1, np.int64)
+        self.role_cols = np.full((size, ROLES_PER_CELL), -1, np.int16)
         self.order = np.full(size, np.iinfo(np.int64).max, np.int64)
         self.token_hash = np.zeros(size, np.uint64)
         self.sample_of = np.full(size, -1, np.int32)
@@ -71,6 +74,7 @@ class BatchBuilder:
         for name in ROLE_FIELDS:
             self.roles[name][sl] = getattr(roles, name)
         self.cell[sl] = roles.cell
+        self.role_cols[sl] = role_columns(*(getattr(roles, name) for name in ROLE_FIELDS))
         positions = np.asarray(columns["position"], np.int64)
         self.order[sl] = (np.int64(rank) << np.int64(32)) | positions
         self.token_hash[sl] = token_hashes(info["key"], positions)
@@ -83,5 +87,5 @@ class BatchBuilder:
         return s
 
     def build(self, x) -> Batch:
-        return Batch(x, self.valid, self.roles, self.cell, self.order, self.token_hash, self.sample_of,
-                     self.samples)
+        return Batch(x, self.valid, self.roles, self.cell, self.role_cols, self.order, self.token_hash,
+                     self.sample_of, self.samples)

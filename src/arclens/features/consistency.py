@@ -47,8 +47,8 @@ class Consistency:
         cells = np.concatenate(self.cells.pop(group))
         if not len(fired):
             return
-        codes, k = _counts(fired)
-        seen_cells, n = _counts(cells)
+        codes, k = counts_of(fired)
+        seen_cells, n = counts_of(cells)
         cell, latent = np.divmod(codes, self.d_sae)
         n_seen = n[np.searchsorted(seen_cells, cell)]
         several = n_seen >= 2
@@ -64,7 +64,7 @@ class Consistency:
         return value, self.n_cells.copy()
 
 
-def _counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def counts_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(x, return_counts=True) by one sort (numpy's hash-based unique is slower here)."""
     x = np.sort(x)
     if not len(x):

@@ -1,9 +1,10 @@
 """What runs on the device for each batch: the SAE encode, the per-latent reductions, and the
 firing (latent, token) pairs as a sparse list.
 
-The reductions by role are one matmul each: the activations ``z [N, F]`` (and the firing
-indicator) against a one-hot matrix of the tokens' roles ``[N, R]`` (features/layout.py), so
-adding a role costs a column, not a pass. Everything that leaves the device is ``[F]``,
+The mass by role is one matmul: the activations ``z [N, F]`` against a one-hot matrix of the
+tokens' roles ``[N, R]`` (features/layout.py), so adding a role costs a column, not a pass. (The
+firing counts by role and activation interval, for coverage, come from the sparse pairs on the
+host: they are ``nnz x 8`` additions, against ``N x F x R x Q`` on the device.) Everything that leaves the device is ``[F]``,
 ``[F, R]`` or the sparse pairs; ``z`` itself never does. Matmuls run at full float32 precision
 (GPUs would otherwise use TF32 and move firing decisions near zero).
 """
@@ -47,14 +48,12 @@ def batch_stats(sae: SAE, x, valid, kind, colour, shown, row, col, border):
     """Encode one padded batch and reduce it. Returns (z [N, F] float32, stats)."""
     with jax.default_matmul_precision("float32"):
         z = encode(sae, x).astype(jnp.float32) * valid[:, None]
-        fire = (z > 0).astype(jnp.float32)
         roles = role_matrix(kind, colour, shown, row, col, border) * valid[:, None]
         stats = {
             "n_fires": jnp.sum(z > 0, axis=0, dtype=jnp.int32),
             "mass": jnp.sum(z, axis=0),
             "max": jnp.max(z, axis=0),
             "role_mass": jnp.einsum("nf,nr->fr", z, roles),
-            "role_fires": jnp.einsum("nf,nr->fr", fire, roles),
             "role_tokens": jnp.sum(roles, axis=0),
         }
     return z, stats

@@ -65,3 +65,25 @@ def _property_columns() -> tuple[list[tuple[str, str, int]], list[tuple[str, str
 
 
 PROPERTIES, SHOWN_PROPERTIES = _property_columns()
+
+
+ROLES_PER_CELL = 8  # a cell token is in exactly one column of each block
+
+
+def role_columns(kind, colour, shown, row, col, border):
+    """int16 [n, ROLES_PER_CELL]: the role columns each token counts in (-1: none; a token that
+    is not a cell has none). The same columns as device.role_matrix's one-hot rows."""
+    import numpy as np
+
+    kind = np.asarray(kind, np.int64)
+    cell = kind >= 0
+    b = BLOCKS
+    parts = [np.where(cell, b["cell"].start, -1),
+             np.where(cell, b["grid_kind"].start + kind, -1),
+             np.where(cell, b["colour"].start + np.asarray(colour, np.int64), -1),
+             np.where(cell, b["shown_colour"].start + np.asarray(shown, np.int64), -1),
+             np.where(cell, b["row"].start + np.asarray(row, np.int64), -1),
+             np.where(cell, b["col"].start + np.asarray(col, np.int64), -1),
+             np.where(cell & (np.asarray(border) == 1), b["border"].start, -1),
+             np.where(cell, b["colour_grid"].start + kind * N_COLOURS + np.asarray(colour, np.int64), -1)]
+    return np.stack(parts, axis=1).astype(np.int16)

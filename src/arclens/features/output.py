@@ -16,7 +16,14 @@ from arclens.errors import UserError
 from arclens.features.accumulate import HIST_EDGES
 from arclens.features.cells import CELL_CODE_GRID, prompt_slots
 from arclens.features.layout import GRID_KINDS, MAX_SIDE, PROPERTIES, SHOWN_PROPERTIES
-from arclens.features.summary import base_rates, best_properties, coverage, latent_arrays, quantile_intervals
+from arclens.features.summary import (
+    base_rates,
+    best_properties,
+    coverage,
+    latent_arrays,
+    quantile_intervals,
+    thresholds,
+)
 
 FORMAT = "arclens-features"
 VERSION = 1
@@ -188,7 +195,8 @@ def write_fdir(out: Path, acc, *, header: dict, keys: list[str], prompt: dict, l
         arrays = latent_arrays(acc)
         cov, f1 = coverage(acc)
         shown_cov, _ = coverage(acc, SHOWN_PROPERTIES)
-        cov["shown"] = {"properties": shown_cov["properties"], "mean": shown_cov["mean"]}
+        cov["shown"] = {"properties": shown_cov["properties"], "mean": shown_cov["mean"],
+                        "threshold_index": shown_cov["threshold_index"]}
         best = best_properties(f1, acc)
         quantiles = quantile_intervals(acc)
         referenced = set()
@@ -202,7 +210,9 @@ def write_fdir(out: Path, acc, *, header: dict, keys: list[str], prompt: dict, l
                     fh.write(json.dumps(sample_line(acc.captures.samples[rank], prompt), allow_nan=False) + "\n")
         tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         tensors["hist_edges"] = HIST_EDGES.copy()
-        tensors["coverage_f1"] = f1.astype(np.float32)
+        tensors["coverage_f1"] = f1.max(axis=1).astype(np.float32)  # [F, P]: at each latent's best threshold
+        tensors["coverage_threshold"] = np.take_along_axis(  # [F, P]: that threshold
+            thresholds(acc), np.argmax(f1, axis=1), axis=1).astype(np.float32)
         if logits is not None:
             tensors.update(logits)
         save_file(tensors, str(tmp / "latents.safetensors"),

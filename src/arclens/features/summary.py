@@ -58,42 +58,66 @@ def latent_arrays(acc) -> dict[str, np.ndarray]:
 
 
 def coverage_f1(acc, properties=PROPERTIES) -> np.ndarray:
-    """[F, P] float64: each latent's F1 as a detector ("fires") of each property."""
+    """[F, Q, P] float64: each latent's F1 as a detector of each property when "active" means an
+    activation of at least threshold j (j = 0: fires at all; j >= 1: >= j * 2**e / Q, the latent's
+    interval grid), as Karvonen et al. threshold at fractions of each feature's maximum."""
     cols = [c for _, _, c in properties]
-    tp = acc.role_fires[:, cols].astype(np.float64)
-    den = acc.n_fires[:, None].astype(np.float64) + acc.role_tokens[cols][None, :]
+    # counts at or above interval j: reverse cumulative sums over the intervals
+    fires = np.flip(np.cumsum(np.flip(acc.interval_counts, 1), 1), 1).astype(np.float64)  # [F, Q]
+    tp = np.flip(np.cumsum(np.flip(acc.role_bins[:, :, cols], 1), 1), 1).astype(np.float64)  # [F, Q, P]
+    den = fires[:, :, None] + acc.role_tokens[cols][None, None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
 
 
+def thresholds(acc) -> np.ndarray:
+    """[F, Q] the activation threshold of each interval index (0 for j = 0: fires at all)."""
+    q = acc.n_intervals
+    j = np.arange(q, dtype=np.float64)
+    e = np.where(acc.n_fires > 0, acc.exponent, 0)
+    return np.ldexp(j[None, :], e[:, None]) / q
+
+
 def coverage(acc, properties=PROPERTIES) -> tuple[dict, np.ndarray]:
-    """features.json's coverage block (for `properties`) and the [F, P] F1 matrix."""
+    """features.json's coverage block (for `properties`) and the [F, Q, P] F1 array."""
     f1 = coverage_f1(acc, properties)
+    cols = [c for _, _, c in properties]
+    present = acc.role_tokens[cols] > 0  # a property no token has says nothing about the SAE
+    limits = thresholds(acc)
     props, families = {}, {}
-    for j, (name, family, col) in enumerate(properties):
+    q = acc.n_intervals
+    for p, (name, family, col) in enumerate(properties):
+        if not present[p]:
+            continue
+        flat = f1[:, :, p].ravel()
+        best = int(np.argmax(flat))  # lowest latent, then lowest threshold, on ties
+        f, j = divmod(best, q)
         n_prop = int(acc.role_tokens[col])
-        if n_prop == 0:
-            continue  # a property no token has says nothing about the SAE
-        best = int(np.argmax(f1[:, j]))
-        tp = int(acc.role_fires[best, col])
-        fires = int(acc.n_fires[best])
-        props[name] = {"latent": best, "f1": float(f1[best, j]),
-                       "precision": tp / fires if fires else 0.0, "recall": tp / n_prop, "n_tokens": n_prop}
-        families.setdefault(family, []).append(props[name]["f1"])
-    mean = float(np.mean([p["f1"] for p in props.values()])) if props else None
-    return {"properties": props, "mean": mean,
-            "family_means": {k: float(np.mean(v)) for k, v in families.items()}}, f1
+        active = int(acc.interval_counts[f, j:].sum())
+        tp = int(acc.role_bins[f, j:, col].sum())
+        props[name] = {"latent": f, "f1": float(flat[best]), "threshold": float(limits[f, j]), "threshold_index": j,
+                       "precision": tp / active if active else 0.0, "recall": tp / n_prop, "n_tokens": n_prop}
+        families.setdefault(family, []).append(p)
+    out = {"properties": props, "mean": None, "threshold_index": None, "family_means": {}}
+    if props:
+        # Karvonen et al.: per threshold, the best latent per property, averaged; then the best threshold
+        per_threshold = f1[:, :, present].max(axis=0).mean(axis=1)  # [Q]
+        j = int(np.argmax(per_threshold))
+        out["mean"], out["threshold_index"] = float(per_threshold[j]), j
+        best_at_j = f1[:, j, :].max(axis=0)
+        out["family_means"] = {k: float(best_at_j[v].mean()) for k, v in families.items()}
+    return out, f1
 
 
 def best_properties(f1: np.ndarray, acc, properties=PROPERTIES) -> list[dict | None]:
+    """Per latent: the property it detects best, at its best threshold."""
     present = np.asarray([acc.role_tokens[c] > 0 for _, _, c in properties])
-    out: list[dict | None] = []
     if not present.any():
         return [None] * len(f1)
-    masked = np.where(present[None, :], f1, -1.0)
-    best = np.argmax(masked, axis=1)
-    for f, j in enumerate(best.tolist()):
-        out.append({"name": properties[j][0], "f1": float(f1[f, j])} if f1[f, j] > 0 else None)
+    best_over_j = np.where(present[None, :], f1.max(axis=1), -1.0)  # [F, P]
+    out: list[dict | None] = []
+    for f, p in enumerate(np.argmax(best_over_j, axis=1).tolist()):
+        out.append({"name": properties[p][0], "f1": float(best_over_j[f, p])} if best_over_j[f, p] > 0 else None)
     return out
 
 
@@ -123,4 +147,4 @@ def quantile_intervals(acc) -> list[dict | None]:
 
 
 __all__ = ["SHOWN_PROPERTIES", "base_rates", "best_properties", "coverage", "coverage_f1", "latent_arrays",
-           "quantile_intervals"]
+           "quantile_intervals", "thresholds"]
