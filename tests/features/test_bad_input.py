@@ -108,3 +108,24 @@ def test_the_command_line_writes_an_fdir_and_replaces_its_own(capsys, tmp_path, 
     rc, err = _run(capsys, *args[1:], "--model", tmp_path / "no-such-model")
     assert rc == 2 and len(err.splitlines()) == 1 and "no-such-model" in err
     assert (out / "features.json").read_bytes() == before
+
+
+def test_a_last_position_store(tmp_path, tiny_model_dir):
+    """An extract --positions last store (one token per prompt, no cells): everything still comes
+    out, with the shares that need cells null and one-token contexts."""
+    from tests.support import planted_roles as pr
+
+    from arclens.features.run import FeaturesSettings, run
+
+    tasks_path = pr.write_tasks(tmp_path / "tasks.json", 2, seed=5)
+    tasks, _, config, samples = pr.render(tasks_path, tiny_model_dir, predictions_per_task=4)
+    rng = np.random.default_rng(0)
+    pr.write_store(tmp_path / "store", samples, lambda s: rng.standard_normal((len(s.token_ids), 64)),
+                   pr.store_metadata(tiny_model_dir, tasks_path, tasks, config, 64), last_only=True)
+    run(FeaturesSettings(sae=str(_sae(tmp_path)), out=tmp_path / "fdir", store=str(tmp_path / "store"),
+                         progress=False))
+    doc = json.loads((tmp_path / "fdir" / "features.json").read_text())
+    assert doc["n_tokens"] == len(samples) and doc["source"]["positions"] == "last"
+    assert all(r["grid_kind_share"] is None for r in doc["latents"]) and doc["coverage"]["mean"] is None
+    lines = [json.loads(x) for x in (tmp_path / "fdir" / "examples.jsonl").read_text().splitlines()]
+    assert lines and all(len(e["context"]["positions"]) == 1 and e["cells"] == [] for e in lines)

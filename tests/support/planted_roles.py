@@ -105,18 +105,24 @@ def store_metadata(model_dir: Path, tasks_path: Path, tasks, config, d_model: in
     }
 
 
-def write_store(dest: Path, samples, activations, metadata: dict, shard_bytes: int = 200_000) -> None:
-    """`activations(sample) -> [n, d]` float32 for every sample, written in render order."""
+def write_store(dest: Path, samples, activations, metadata: dict, shard_bytes: int = 200_000,
+                last_only: bool = False) -> None:
+    """`activations(sample) -> [n, d]` float32 for every sample, written in the given order; with
+    `last_only`, only each prompt's last token (an extract --positions last store)."""
     from arclens.store.writer import StoreWriter, open_or_create_store
 
+    if last_only:
+        metadata = dict(metadata, positions="last")
     open_or_create_store(str(dest), metadata)
     with StoreWriter(str(dest), "w0", shard_bytes=shard_bytes) as w:
         for s in samples:
             n = len(s.token_ids)
             meta = {"key": s.key, "task_id": s.task_id, "test_index": s.test_index,
                     "augmentation": s.augmentation.to_json(), "prompt_tokens": n}
-            w.add(meta, {HOOK: np.asarray(activations(s), np.float32), "position": np.arange(n, dtype=np.int32),
-                         "token_id": s.token_ids.astype(np.int32), "grid": s.grid, "row": s.row, "col": s.col})
+            keep = slice(n - 1, n) if last_only else slice(0, n)
+            w.add(meta, {HOOK: np.asarray(activations(s), np.float32)[keep],
+                         "position": np.arange(n, dtype=np.int32)[keep], "token_id": s.token_ids.astype(np.int32)[keep],
+                         "grid": s.grid[keep], "row": s.row[keep], "col": s.col[keep]})
 
 
 def write_tasks(path: Path, n_tasks: int, seed: int, colour3_share: float = 0.3, two_tests: bool = False,
