@@ -4,10 +4,11 @@ Random weights give meaningless features, and a real Qwen2.5 does not fit a lapt
 demo studies this: the `tiny` preset of `arclens random-model` (hidden 64, 4 layers, its 1024-id
 byte-level BPE tokenizer and Qwen2.5 chat template), trained for a few CPU minutes with
 next-token loss on the answer tokens (everything after the last assistant header) of
-`--with-answer` prompts, augmented as arc24 augments them. It learns the answer's format, the
-grid shape and the colours of the test input, which is enough for an SAE to find features with
-ARC roles. The folder is a Hugging Face checkpoint (transformers loads it) whose config.json says
-`"arclens_toy": {...}` (what it was trained on) and whose README says TOY.
+`--with-answer` prompts, augmented as arc24 augments them. It learns much of the answer's format
+(shape line, row numbers, line ends) and something of its colours (docs/TOY_MODEL.md has the
+held-out numbers), which gives an SAE structure to find: features with ARC roles rather than the
+noise of random weights. The folder is a Hugging Face checkpoint (transformers loads it) whose
+config.json says `"arclens_toy": {...}` (what it was trained on) and whose README says TOY.
 
 The run is a pure function of its flags (--seed fixes the initial weights, the augmentations and
 the batch order; XLA on CPU is deterministic). Nothing is written to DIR until training ends:
