@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.support.cli import run_cli
 
 from arclens.cli import main
@@ -297,3 +299,28 @@ def test_a_folder_not_written_by_features_is_one_line_exit_2(site, tmp_path, cap
     assert not (tmp_path / "out").exists()
     r = run_cli(["dashboard", plain, "--out", tmp_path / "out"])
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "arclens features" in r.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False, allow_infinity=False),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                    max_leaves=20))
+def test_data_blocks_cannot_hold_markup_and_round_trip(value):
+    from arclens.features.dashboard.build import json_for_html
+
+    text = json_for_html(value)
+    assert not any(ch in text for ch in "<>&\u2028\u2029")
+    assert json.loads(text) == value
+
+
+def test_histogram_bins_follow_the_fdir_columns():
+    from arclens.features.dashboard.build import histogram
+
+    edges = 10.0 ** np.linspace(-5, 5, 101)
+    counts = np.zeros(102, np.int64)
+    counts[[0, 50, 51, 101]] = [1, 2, 3, 4]
+    bins = histogram(edges, counts)
+    assert bins[0] == [0.0, edges[0], 1] and bins[-1] == [edges[-1], edges[-1] * 10, 4]
+    assert [b[2] for b in bins] == counts.tolist()  # the span from the first to the last non-empty column
+    assert bins[50] == [edges[49], edges[50], 2]
+    assert histogram(edges, np.zeros(102, np.int64)) == []
