@@ -30,6 +30,7 @@ COMMANDS = {
     "verify": "arclens.store.commands:verify",
     "export-pickle": "arclens.store.commands:export_pickle",
     "random-model": "arclens.model.random_checkpoint:main",
+    "train-sae": "arclens.pipeline.train_sae:main",
     "features": "arclens.features.commands:features",
     "toy-model": "arclens.pipeline.toy_model:main",
     "dashboard": "arclens.features.dashboard.build:main",
@@ -173,6 +174,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="static site of a features folder (opens from disk, no server)")
     p.add_argument("fdir", help="a folder written by `arclens features`")
     p.add_argument("--out", required=True, help="site folder (SITE/index.html), written whole")
+
+    p = sub.add_parser("train-sae", help="train SAEs or a transcoder on a store's activations (docs/SAE.md)")
+    p.add_argument("--store", default=None, help="activation store to train on (local path or fsspec URL)")
+    p.add_argument("--out", required=True, help="output folder: one SAELens-format folder per SAE, plus checkpoints/")
+    p.add_argument("--hooks", nargs="+", default=None, help="an SAE per hook, e.g. blocks.12.hook_resid_post")
+    p.add_argument("--hook-in", default=None, help="a transcoder's input hook (with --hook-out)")
+    p.add_argument("--hook-out", default=None, help="a transcoder's output hook")
+    p.add_argument("--arch", choices=["topk", "batchtopk", "jumprelu", "relu"], default="topk")
+    p.add_argument("--d-sae", type=int, nargs="+", default=None, help="latents (several: a width sweep)")
+    p.add_argument("--expansion", type=float, nargs="+", default=None, help="latents as a multiple of the width (default 8)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="active latents, topk/batchtopk (several: a sweep; default 32)")
+    p.add_argument("--l0-coef", type=float, default=None, help="jumprelu L0 penalty (default 1.0)")
+    p.add_argument("--l1-coef", type=float, default=None, help="relu L1 penalty on z * ||W_dec|| (default 1.0)")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: one pass over the store)")
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2.5e-3 / sqrt(d_sae / 2^14))")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="activations as fed to the SAEs (parameters are always float32)")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after the run")
+    p.add_argument("--metrics-every", type=int, default=None, help="steps between metrics.jsonl lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    g = p.add_argument_group("recipe (each default is the recipe; docs/SAE.md)")
+    g.add_argument("--decoder-norm", choices=["unit", "free"], default=None,
+                   help="unit-norm decoder rows after every step (default; free for relu)")
+    g.add_argument("--no-tied-init", action="store_true", help="do not start the encoder as the decoder's transpose")
+    g.add_argument("--b-dec-init", choices=["median", "mean", "zeros"], default="median")
+    g.add_argument("--no-input-scaling", action="store_true", help="train on raw activations (no E||x||^2 = d scaling)")
+    g.add_argument("--aux-k", type=int, default=None, help="AuxK latents per token (default d_in / 2)")
+    g.add_argument("--aux-coef", type=float, default=None, help="AuxK coefficient (default 1/32)")
+    g.add_argument("--dead-window", type=int, default=None, help="tokens without firing before a latent is dead")
+    g.add_argument("--warmup-steps", type=int, default=None, help="learning-rate warmup (default 2%% of steps, <= 1000)")
+    g.add_argument("--decay-fraction", type=float, default=None, help="share of steps for the lr decay to 0 (0.2)")
+    g.add_argument("--sparsity-warmup-fraction", type=float, default=None, help="L0/L1 coefficient warmup (0.05)")
+    g.add_argument("--bandwidth", type=float, default=None, help="jumprelu straight-through kernel width (0.05)")
+    g.add_argument("--init-threshold", type=float, default=None, help="jumprelu initial threshold (0.1)")
+    g.add_argument("--batchtopk-candidates", type=int, default=None, help="batchtopk per-token candidates / k (4)")
+    g = p.add_argument_group("scale-out")
+    g.add_argument("--mesh", default=None, help="DATA,MODEL device mesh; latents split over MODEL")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 for jax.distributed")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
 
     p = sub.add_parser("random-model", help="write a RANDOM-weight Qwen2 checkpoint with a tokenizer")
     p.add_argument("dir")
