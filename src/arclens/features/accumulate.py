@@ -120,7 +120,8 @@ def _on_cpu(array) -> bool:
 
 
 class Accumulator:
-    def __init__(self, d_sae: int, group_sizes, *, top_k: int, n_intervals: int, per_interval: int):
+    def __init__(self, d_sae: int, group_sizes, *, top_k: int, n_intervals: int, per_interval: int,
+                 max_tokens: int | None = None):
         f = self.d_sae = d_sae
         self.top_k, self.n_intervals, self.per_interval = top_k, n_intervals, per_interval
         self.n_tokens = 0
@@ -129,7 +130,9 @@ class Accumulator:
         self.max = np.zeros(f, np.float32)
         self.role_mass = np.zeros((f, N_ROLE_COLUMNS), np.float64)
         # firing tokens by (latent, activation interval, role column): coverage at every threshold
-        self.role_bins = np.zeros((f, n_intervals, N_ROLE_COLUMNS), np.int64)
+        # (int32 unless a count could pass 2**31: d_sae x Q x 126 x 4 bytes, 80 MB at 16k latents)
+        wide = max_tokens is None or max_tokens >= 2**31
+        self.role_bins = np.zeros((f, n_intervals, N_ROLE_COLUMNS), np.int64 if wide else np.int32)
         self.role_tokens = np.zeros(N_ROLE_COLUMNS, np.int64)
         self.hist = np.zeros((f, N_HIST), np.int64)
         self.top = BestPerGroup(f, top_k, np.float64)

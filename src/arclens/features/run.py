@@ -178,7 +178,7 @@ def run(s: FeaturesSettings) -> dict:
     p = prepare_store(s)
     source, sae = p.source, p.sae
     acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
-                      per_interval=s.quantile_examples)
+                      per_interval=s.quantile_examples, max_tokens=source.n_tokens)
     from arclens.pipeline.progress import ProgressReporter
 
     progress = ProgressReporter(source.n_samples, enabled=s.progress)

@@ -79,6 +79,10 @@ class StoreSource:
     def n_samples(self) -> int:
         return len(self.plan.keys)
 
+    @property
+    def n_tokens(self) -> int:
+        return self.store.n_tokens
+
     def batches(self, batch_tokens: int) -> Iterator[Batch]:
         pending: list[tuple[dict, dict]] = []
         filled = 0
