@@ -42,6 +42,19 @@ def interval_index(values: np.ndarray, exponent: np.ndarray, n_intervals: int) -
     return np.floor(np.ldexp(np.asarray(values, np.float64) * n_intervals, -exponent)).astype(np.int64)
 
 
+def merge_intervals(counts: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Counts per interval [L, Q, ...] after each row's interval width grew by 2**shift[row]:
+    interval j of the old grid lies inside interval j >> shift of the new one."""
+    merged = np.zeros_like(counts)
+    q = counts.shape[1]
+    for s in np.unique(shift):
+        rows = np.flatnonzero(shift == s)
+        target = np.arange(q) >> min(int(s), 62)
+        for src in range(q):
+            merged[rows, target[src]] += counts[rows, src]
+    return merged
+
+
 @dataclass
 class SampleRecord:
     """What an example's lines need of its sample: its table entry and per-token columns."""
@@ -183,23 +196,9 @@ class Accumulator:
         if regroup.any():  # the max crossed a power of two: merge intervals 2**s at a time
             latents = np.flatnonzero(regroup)
             shift = need[latents] - self.exponent[latents]
-            counts = self.interval_counts[latents]
-            merged = np.zeros_like(counts)
+            self.interval_counts[latents] = merge_intervals(self.interval_counts[latents], shift)
+            self.role_bins[latents] = merge_intervals(self.role_bins[latents], shift)
             j = np.arange(q)
-            for s in np.unique(shift):
-                rows = shift == s
-                target = j >> min(int(s), 62)
-                for src in range(q):
-                    merged[rows, target[src]] += counts[rows, src]
-            self.interval_counts[latents] = merged
-            bins = self.role_bins[latents]
-            merged_bins = np.zeros_like(bins)
-            for s in np.unique(shift):
-                rows = np.flatnonzero(shift == s)
-                target = j >> min(int(s), 62)
-                for src in range(q):
-                    merged_bins[rows, target[src]] += bins[rows, src]
-            self.role_bins[latents] = merged_bins
             groups = (latents[:, None] * q + j[None, :]).ravel()
             g, k1, k2, v = self.draws.take(groups)
             f_of, old_j = np.divmod(g, q)
