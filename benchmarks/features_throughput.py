@@ -41,8 +41,8 @@ def build_store(dest: Path, n_tasks: int, d_model: int) -> None:
     import numpy as np
 
     from arclens.data.loaders import load_tasks
+    from arclens.features.sources import tasks_fingerprint
     from arclens.model.random_checkpoint import write_random_model
-    from arclens.pipeline.extract import tasks_fingerprint
     from arclens.prompts import PromptConfig, load_tokenizer, render_samples
     from arclens.store.writer import StoreWriter, open_or_create_store
 

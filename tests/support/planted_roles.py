@@ -92,9 +92,9 @@ def truth_of(aug, test_index, token_ids, grid, row, col, task, tokenizer) -> Tru
 
 
 def store_metadata(model_dir: Path, tasks_path: Path, tasks, config, d_model: int, dtype: str = "float32") -> dict:
+    from arclens.features.sources import tasks_fingerprint
     from arclens.model.config import QwenConfig
     from arclens.model.fingerprint import model_fingerprint
-    from arclens.pipeline.extract import tasks_fingerprint
 
     return {
         "model": {"name": str(model_dir), "config": QwenConfig.from_pretrained(model_dir).to_json(),

@@ -107,7 +107,7 @@ def prepare_store(s: FeaturesSettings) -> Prepared:
     tasks = load_tasks(source_name, s.solutions)
     stored_fp = (meta.get("tasks") or {}).get("fingerprint")
     if stored_fp:
-        from arclens.pipeline.extract import tasks_fingerprint
+        from arclens.features.sources import tasks_fingerprint
         from arclens.store.format import fingerprints_comparable
 
         with_answer = bool(prompt.get("with_answer"))
