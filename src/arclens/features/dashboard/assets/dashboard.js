@@ -184,7 +184,7 @@ const COLUMNS = [
   {key: "frequency", label: "frequency", num: true, filter: true, fmt: (v) => fmt(v)},
   {key: "mean_act", label: "mean act", num: true, fmt: (v) => fmt(v)},
   {key: "max_act", label: "max act", num: true, fmt: (v) => fmt(v)},
-  {key: "cell_share", label: "on cells", num: true, fmt: pct},
+  {key: "cell_share", label: "on cells", num: true, filter: true, fmt: pct},
   {key: "role_specificity", label: "role specificity", num: true, filter: true, fmt: pct},
   {key: "top_role", label: "top role", fmt: (v) => (v ? KIND_LABELS[v] || v : "—")},
   {key: "colour_specificity", label: "colour specificity", num: true, filter: true, fmt: pct},
