@@ -130,8 +130,8 @@ def test_prompt_slots_follow_the_prompt_versions():
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 40), seed=st.integers(0, 2**16))
-def test_role_columns_are_the_role_matrix_rows(n, seed):
+@given(seed=st.integers(0, 2**16))
+def test_role_columns_are_the_role_matrix_rows(seed):
     """The host's per-token role columns (coverage counts) and the device's one-hot role matrix
     (masses) name the same columns for every token."""
     import jax.numpy as jnp
@@ -139,6 +139,7 @@ def test_role_columns_are_the_role_matrix_rows(n, seed):
     from arclens.features.device import role_matrix
     from arclens.features.layout import N_ROLE_COLUMNS, role_columns
 
+    n = 64  # one shape: role_matrix compiles once
     rng = np.random.default_rng(seed)
     cell = rng.random(n) < 0.7
     kind = np.where(cell, rng.integers(0, 4, n), -1)
