@@ -245,7 +245,11 @@ def run(s: EvalSettings, *, progress: bool = True) -> dict:
 
 
 def _fmt(x, digits=4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "n/a"
+    if x != 0 and abs(x) < 10 ** -(digits - 1):  # e.g. a small KL: keep its digits
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}f}"
 
 
 def print_table(result: dict, file=None) -> None:
