@@ -139,6 +139,41 @@ def _gathered_decode(p: Params, vals, idx):
     return jnp.einsum("bj,bjd->bd", vals, p.W_dec[idx])
 
 
+def kth_largest(x, k: int):
+    """The ``k``-th largest value of each row of ``x [..., n]`` (float32, -inf allowed), exactly:
+    a binary search over the 32 bits of an order-preserving integer key, one vectorised count
+    per bit. On CPU it is ~10x faster than ``lax.top_k`` for k in the tens (XLA's TopK scans each
+    row serially); AuxK needs only this threshold, not the indices."""
+    u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    key = jnp.where((u >> 31) == 1, ~u, u | jnp.uint32(0x80000000))  # float order == unsigned order
+    t = jnp.zeros(x.shape[:-1], jnp.uint32)
+    for bit in range(31, -1, -1):
+        cand = t | jnp.uint32(1 << bit)
+        t = jnp.where(jnp.sum(key >= cand[..., None], -1) >= k, cand, t)
+    back = jnp.where((t >> 31) == 1, t & jnp.uint32(0x7FFFFFFF), ~t)
+    return jax.lax.bitcast_convert_type(back, jnp.float32)
+
+
+GROUP = 16  # latents per group for top_k_indices' pre-selection
+
+
+def top_k_indices(pre, k: int):
+    """Indices of each row's ``k`` largest entries (ties: lowest index first within a group).
+
+    Exact, in two small top-k's: each top-k element lies in one of the ``k`` groups (of 16
+    consecutive latents) with the largest group maxima (a group holding a top-k element has a
+    maximum at least as large; at most k-1 groups can beat it), so the row's top-k is the top-k
+    of those ``16 k`` candidates. On CPU this halves the selection time for k << d_sae."""
+    n = pre.shape[-1]
+    if n % GROUP or n < 4 * GROUP * k:
+        return jax.lax.top_k(pre, k)[1]
+    grouped = pre.reshape(*pre.shape[:-1], n // GROUP, GROUP)
+    _, groups = jax.lax.top_k(jnp.max(grouped, -1), k)
+    cand = jnp.take_along_axis(grouped, groups[..., None], axis=-2).reshape(*pre.shape[:-1], k * GROUP)
+    _, c = jax.lax.top_k(cand, k)
+    return jnp.take_along_axis(groups, c // GROUP, axis=-1) * GROUP + c % GROUP
+
+
 def _fires(idx, active, d_sae):
     return jnp.zeros((d_sae,), jnp.float32).at[idx.reshape(-1)].add(active.reshape(-1).astype(jnp.float32))
 
@@ -177,8 +212,7 @@ def _auxk(p: Params, cfg: ArchConfig, xc, residual, dead):
             pre = xc @ p.W_enc[cols].T + p.b_enc[cols]
             pre = jnp.where(live[None, :], pre, -jnp.inf)
             if size > cfg.aux_k:
-                kth = jax.lax.top_k(jax.lax.stop_gradient(pre), cfg.aux_k)[0][:, -1:]
-                keep = pre >= kth
+                keep = pre >= kth_largest(jax.lax.stop_gradient(pre), cfg.aux_k)[:, None]
             else:
                 keep = jnp.broadcast_to(live[None, :], pre.shape)
             acts = jnp.where(keep, jax.nn.relu(pre), 0.0)
@@ -213,7 +247,7 @@ def forward(p: Params, cfg: ArchConfig, x, y, dead, sparsity_coef) -> Forward:
 def _topk(p, cfg, x, y, dead) -> Forward:
     xc = encoder_input(p, cfg, x)
     pre_sel = jax.lax.stop_gradient(xc @ p.W_enc.T + p.b_enc)
-    _, idx = jax.lax.top_k(pre_sel, cfg.k)
+    idx = top_k_indices(pre_sel, cfg.k)
     vals = jax.nn.relu(_gathered_pre(p, xc, idx))
     y_hat = _gathered_decode(p, vals, idx) + p.b_dec
     recon = _sse(y, y_hat)
@@ -236,7 +270,7 @@ def _batchtopk(p, cfg, x, y, dead) -> Forward:
     cand, idx = jax.lax.top_k(pre_sel, cfg.candidates)
     cand = jax.nn.relu(cand)
     n_keep = min(cfg.k * B, cand.size)
-    kth = jax.lax.top_k(cand.reshape(-1), n_keep)[0][-1]
+    kth = kth_largest(cand.reshape(-1), n_keep)
     keep = (cand >= kth) & (cand > 0)
     vals = jax.nn.relu(_gathered_pre(p, xc, idx)) * keep
     y_hat = _gathered_decode(p, vals, idx) + p.b_dec

@@ -199,7 +199,7 @@ def train(settings: R.TrainSettings, source, options: RunOptions, *, mesh=None, 
     if found is None:
         done = _finished(fs, root, settings)
         if done is not None:
-            return TrainResult("already-complete", n_steps, [_summary(fs, root, d) for d in done],
+            return TrainResult("already-complete", n_steps, [_summary(options.out, d) for d in done],
                                wall_s=time.perf_counter() - t0)
     else:
         header, arrays = found
@@ -318,9 +318,10 @@ def _export(fs, root, cfg, spec, state, lines, settings, source, options, n_step
     from arclens.sae.export import to_inference
     from arclens.sae.saelens_format import save
 
-    folder = sae_folder(root, spec.name)
+    folder = sae_folder(root, spec.name)  # a path on ``fs``
+    url = options.out.rstrip("/") + "/" + spec.name  # the same folder as a URL (save() opens its own fs)
     sae = to_inference(cfg, spec, state, model_name=options.model_name)
-    save(sae, folder, context_size=options.context_size, storage_options=options.storage_options)
+    save(sae, url, context_size=options.context_size, storage_options=options.storage_options)
     tr = state.trackers
     freq = np.where(np.asarray(tr.last_freq) >= 0, np.asarray(tr.last_freq),
                     np.asarray(tr.window_fires) / max(float(np.asarray(tr.window_tokens)), 1.0))
@@ -339,8 +340,9 @@ def _export(fs, root, cfg, spec, state, lines, settings, source, options, n_step
         "arclens_version": __version__, "wall_s": wall_s,
     }
     report.write_arclens_json(fs, folder, doc)
-    return {"name": spec.name, "folder": folder, "final": final}
+    return {"name": spec.name, "folder": url, "final": final}
 
 
-def _summary(fs, root, doc: dict) -> dict:
-    return {"name": doc.get("name"), "folder": sae_folder(root, doc.get("name", "")), "final": doc.get("final", {})}
+def _summary(out: str, doc: dict) -> dict:
+    return {"name": doc.get("name"), "folder": out.rstrip("/") + "/" + str(doc.get("name", "")),
+            "final": doc.get("final", {})}
