@@ -57,6 +57,7 @@ def test_a_k_sweep_writes_each_sae_folder_whole(planted_small, tmp_path, capsys)
         doc = json.loads((folder / "arclens.json").read_text())
         assert doc["complete"] is True and doc["tokens"] == 8192 and doc["steps"] == 16
         assert doc["source"]["kind"] == "store" and doc["source"]["n_tokens"] == 24_576
+        assert doc["source"]["store"] == planted_small[0] and doc["source"]["hooks"] == [HOOK]
         assert set(doc["final"]) >= {"fvu", "l0", "dead", "dense"}
         assert doc["input_scale"]["folded_into_weights"] is True and doc["input_scale"]["in"] > 0
         assert [s["k"] for s in doc["settings"]["saes"]] == [3, 6] and doc["settings"]["lr"] is None
@@ -69,7 +70,8 @@ def test_a_k_sweep_writes_each_sae_folder_whole(planted_small, tmp_path, capsys)
 def test_transcoder_folder(planted_transcoder, tmp_path):
     out = tmp_path / "out"
     argv = ["train-sae", "--store", planted_transcoder[0], "--out", str(out), "--hook-in", HOOK_IN, "--hook-out",
-            HOOK_OUT, "--arch", "relu", "--d-sae", "64", "--tokens", "4096", "--batch-tokens", "512", "--quiet"]
+            HOOK_OUT, "--arch", "relu", "--d-sae", "64", "--tokens", "4096", "--batch-tokens", "512", "--quiet",
+            "--dtype", "bfloat16"]
     assert main(argv) == 0
     folder = out / f"{HOOK_IN}--{HOOK_OUT}"
     cfg = json.loads((folder / "cfg.json").read_text())

@@ -76,8 +76,8 @@ def test_sigterm_then_kill9_then_kill_inside_a_commit_resume_to_the_same_weights
     lines = [json.loads(x) for x in (out / HOOK / "metrics.jsonl").read_text().splitlines()]
     steps = [x["step"] for x in lines]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS, "metrics continue across resumes, no repeats"
-    # 5. Run again: nothing to do, the same weights.
-    r = run_cli(_args(store, out))
+    # 5. Run again, the store named another way: nothing to do, the same weights.
+    r = run_cli(_args("file://" + store, out))
     assert r.returncode == 0 and "already trained" in r.stdout
     _assert_same(out, reference)
 

@@ -58,10 +58,12 @@ class HostBatch:
 
 
 def store_fingerprint(store) -> dict:
-    """What identifies the training data of a store: its URL, metadata and committed shards."""
+    """What identifies a store's training data, whatever URL it is reached by: its metadata and
+    its committed shards (a store that grew since is other data: a resume would see another order).
+    Part of the settings a resume compares; ``describe`` adds the URL for provenance."""
     meta = json.dumps(store.metadata, sort_keys=True, default=str).encode()
     shards = "\n".join(f"{v.entry.shard}:{v.entry.sha256}:{v.n_tokens}" for v in store.shards).encode()
-    return {"kind": "store", "store": store.dest, "n_tokens": int(store.n_tokens), "n_shards": len(store.shards),
+    return {"kind": "store", "n_tokens": int(store.n_tokens), "n_shards": len(store.shards),
             "metadata_sha256": hashlib.sha256(meta).hexdigest(), "shards_sha256": hashlib.sha256(shards).hexdigest()}
 
 
@@ -91,6 +93,11 @@ class StoreSource:
 
     def fingerprint(self) -> dict:
         return store_fingerprint(self.store)
+
+    def describe(self) -> dict:
+        """The fingerprint plus where the store was read from (arclens.json's ``source``)."""
+        return {**self.fingerprint(), "store": self.store.dest, "model": self.store.metadata.get("model"),
+                "hooks": list(self.store.hooks)}
 
     # -- the plan ----------------------------------------------------------------------------
 

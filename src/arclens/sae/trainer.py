@@ -334,7 +334,7 @@ def _export(fs, root, cfg, spec, state, lines, settings, source, options, n_step
             "arch": spec.arch, "exported_architecture": sae.cfg.architecture, "hook_in": spec.hook_in,
             "hook_out": spec.hook_out, "d_in": spec.d_in, "d_out": spec.d_out, "d_sae": spec.d_sae, "k": spec.k,
             "sparsity_coef": spec.sparsity_coef, "lr": cfg.lr},
-        "source": source.fingerprint(), "steps": n_steps, "tokens": n_steps * settings.batch_tokens,
+        "source": source.describe() if hasattr(source, "describe") else source.fingerprint(), "steps": n_steps, "tokens": n_steps * settings.batch_tokens,
         "final": final, "input_scale": {"in": float(np.asarray(state.scale_in)), "out": float(np.asarray(state.scale_out)),
                                          "folded_into_weights": True},
         "arclens_version": __version__, "wall_s": wall_s,
