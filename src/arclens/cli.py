@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-input-scaling", action="store_true", help="train on raw activations (no E||x||^2 = d scaling)")
     g.add_argument("--aux-k", type=int, default=None, help="AuxK latents per token (default d_in / 2)")
     g.add_argument("--aux-coef", type=float, default=None, help="AuxK coefficient (default 1/32)")
+    g.add_argument("--aux-pool", type=int, default=None,
+                   help="dead latents AuxK computes exactly per step, a rotating window beyond (default 4 aux-k)")
     g.add_argument("--dead-window", type=int, default=None, help="tokens without firing before a latent is dead")
     g.add_argument("--warmup-steps", type=int, default=None, help="learning-rate warmup (default 2%% of steps, <= 1000)")
     g.add_argument("--decay-fraction", type=float, default=None, help="share of steps for the lr decay to 0 (0.2)")

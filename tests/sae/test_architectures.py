@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from arclens.sae import recipe as R
-from arclens.sae.architectures import ArchConfig, Params, _auxk, aux_capacities, forward
+from arclens.sae.architectures import ArchConfig, Params, aux_capacities, auxk, forward
 from arclens.sae.train_state import init_state, sae_step, step_configs, unit_rows
 
 D, S, B = 16, 40, 64
@@ -50,8 +50,7 @@ def _tree_close(a, b, tol):
 
 def test_sparse_topk_equals_dense_values_and_gradients():
     p, cfg, x = _params(), _cfg("topk"), _x()
-    no_dead = jnp.zeros((S,), bool)
-    ours = jax.jit(jax.value_and_grad(lambda p: forward(p, cfg, x, x, no_dead, 0.0).loss))(p)
+    ours = jax.jit(jax.value_and_grad(lambda p: forward(p, cfg, x, x, 0.0).loss))(p)
     dense = jax.jit(jax.value_and_grad(lambda p: _dense_topk_loss(p, cfg, x, x)))(p)
     np.testing.assert_allclose(ours[0], dense[0], rtol=1e-5)
     _tree_close(ours[1], dense[1], 2e-5)
@@ -59,7 +58,7 @@ def test_sparse_topk_equals_dense_values_and_gradients():
 
 def test_batchtopk_keeps_the_k_times_batch_largest_activations():
     p, cfg, x = _params(2), _cfg("batchtopk", k=3, candidates=S), _x(3)
-    f = jax.jit(lambda p: forward(p, cfg, x, x, jnp.zeros((S,), bool), 0.0))(p)
+    f = jax.jit(lambda p: forward(p, cfg, x, x, 0.0))(p)
     pre = jax.nn.relu((x - p.b_dec) @ p.W_enc.T + p.b_enc)
     kth = jnp.sort(pre.reshape(-1))[-3 * B]
     z_ref = jnp.where(pre >= kth, pre, 0.0)
@@ -68,7 +67,7 @@ def test_batchtopk_keeps_the_k_times_batch_largest_activations():
     assert float(f.l0) * B == pytest.approx(3 * B)
     np.testing.assert_allclose(f.min_kept, kth, rtol=1e-5)
     # The per-token candidate pool (4k) gives the same answer unless a token overflows it.
-    small = jax.jit(lambda p: forward(p, _cfg("batchtopk", k=3), x, x, jnp.zeros((S,), bool), 0.0))(p)
+    small = jax.jit(lambda p: forward(p, _cfg("batchtopk", k=3), x, x, 0.0))(p)
     if float(small.overflow) == 0:
         np.testing.assert_allclose(small.recon, f.recon, rtol=1e-5)
 
@@ -87,24 +86,43 @@ def _aux_reference(p, cfg, x, residual, dead, n_dead):
 
 @pytest.mark.parametrize("n_dead", [0, 3, 8, 9, 31, 40])
 def test_auxk_pools_equal_auxk_over_every_latent(n_dead):
-    p, cfg, x = _params(4), _cfg("topk", aux_k=8), _x(5)
-    assert aux_capacities(8, S) == (8, 32, 40)
+    p, x = _params(4), _x(5)
+    cfg = dataclasses.replace(_cfg("topk", aux_k=8), aux_pool=S)  # pools up to every latent: exact
+    assert aux_capacities(8, S, S) == (8, 32, 40) and aux_capacities(8, S) == (8, 32)
     dead = jnp.zeros((S,), bool).at[jax.random.permutation(jax.random.PRNGKey(n_dead), S)[:n_dead]].set(True)
     residual = _x(6) * 0.3
-    ours = jax.jit(jax.value_and_grad(lambda p: _auxk(p, cfg, x - p.b_dec, residual, dead)))(p)
+    ours = jax.jit(lambda p: auxk(p, cfg, x, residual, dead))(p)
     if n_dead == 0:
-        assert float(ours[0]) == 0.0
+        assert float(ours[0]) == 0.0 and all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(ours[1]))
         return
     ref = jax.jit(jax.value_and_grad(lambda p: _aux_reference(p, cfg, x, residual, dead, n_dead)))(p)
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
     _tree_close(ours[1], ref[1], 2e-5)
 
 
+def test_auxk_beyond_its_pool_takes_a_rotating_window_of_the_dead():
+    p, x, residual = _params(4), _x(5), _x(6) * 0.3
+    cfg = dataclasses.replace(_cfg("topk", aux_k=4), aux_pool=8)
+    dead_ids = np.sort(np.asarray(jax.random.permutation(jax.random.PRNGKey(1), S)[:20]))
+    dead = jnp.zeros((S,), bool).at[dead_ids].set(True)
+    seen = set()
+    for step in range(3):
+        window = [int(dead_ids[(step * 8 + j) % 20]) for j in range(8)]
+        seen |= set(window)
+        only = jnp.zeros((S,), bool).at[jnp.asarray(window)].set(True)
+        got = jax.jit(lambda p, s=step: auxk(p, cfg, x, residual, dead, s))(p)
+        # the window's AuxK, scaled as for all 20 dead latents (min(20 / 4, 1) = 1)
+        want = jax.jit(jax.value_and_grad(lambda p, o=only: _aux_reference(p, cfg, x, residual, o, 8)))(p)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        _tree_close(got[1], want[1], 2e-5)
+    assert seen == set(dead_ids.tolist())
+
+
 def test_jumprelu_straight_through_gradients_are_the_papers():
     p, cfg, x = _params(7, threshold=True), _cfg("jumprelu"), _x(8)
     eps = cfg.bandwidth
     coef = 0.7
-    g = jax.jit(jax.grad(lambda p: forward(p, cfg, x, x, None, coef).loss))(p)
+    g = jax.jit(jax.grad(lambda p: forward(p, cfg, x, x, coef).loss))(p)
     pre = (x - p.b_dec) @ p.W_enc.T + p.b_enc
     z = pre * (pre > p.threshold)
     y_hat = z @ p.W_dec + p.b_dec

@@ -111,7 +111,7 @@ def sae_specs(sweep: Sweep, width_of) -> tuple[R.SAESpec, ...]:
 
 
 def recipe_from_args(args) -> R.Recipe:
-    checks = [("--aux-k", args.aux_k, 1), ("--dead-window", args.dead_window, 1), ("--warmup-steps", args.warmup_steps, 0),
+    checks = [("--aux-k", args.aux_k, 1), ("--aux-pool", args.aux_pool, 1), ("--dead-window", args.dead_window, 1), ("--warmup-steps", args.warmup_steps, 0),
               ("--batchtopk-candidates", args.batchtopk_candidates, 1)]
     for flag, value, low in checks:
         if value is not None and value < low:
@@ -123,7 +123,8 @@ def recipe_from_args(args) -> R.Recipe:
         if value is not None and not 0 <= value <= 1:
             raise UserError(f"{flag} {value}: expected a fraction in [0, 1]")
     kw = {"decoder_norm": args.decoder_norm, "tied_init": not args.no_tied_init, "b_dec_init": args.b_dec_init,
-          "scale_inputs": not args.no_input_scaling, "aux_k": args.aux_k, "dead_window": args.dead_window,
+          "scale_inputs": not args.no_input_scaling, "aux_k": args.aux_k, "aux_pool": args.aux_pool,
+          "dead_window": args.dead_window,
           "warmup_steps": args.warmup_steps}
     for name in ("aux_coef", "decay_fraction", "sparsity_warmup_fraction", "bandwidth", "init_threshold",
                  "batchtopk_candidates"):

@@ -51,6 +51,7 @@ class ArchConfig:
     decoder_norm: str  # "unit" | "free"
     bandwidth: float
     candidates: int  # batchtopk: per-token candidates (m >= k)
+    aux_pool: int | None = None  # AuxK: the most dead latents computed exactly in one step
 
 
 @jax.tree_util.register_dataclass
@@ -66,6 +67,7 @@ class Forward:
     fires: jax.Array  # [d_sae] float: tokens of the batch on which each latent fired
     min_kept: jax.Array  # batchtopk: smallest kept activation (else 0)
     overflow: jax.Array  # batchtopk: share of tokens whose every candidate was kept
+    residual: jax.Array | None = None  # topk, batchtopk: y - y_hat (no gradient), AuxK's target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,60 +156,55 @@ def kth_largest(x, k: int):
     return jax.lax.bitcast_convert_type(back, jnp.float32)
 
 
-GROUP = 16  # latents per group for top_k_indices' pre-selection
-
-
-def top_k_indices(pre, k: int):
-    """Indices of each row's ``k`` largest entries (ties: lowest index first within a group).
-
-    Exact, in two small top-k's: each top-k element lies in one of the ``k`` groups (of 16
-    consecutive latents) with the largest group maxima (a group holding a top-k element has a
-    maximum at least as large; at most k-1 groups can beat it), so the row's top-k is the top-k
-    of those ``16 k`` candidates. On CPU this halves the selection time for k << d_sae."""
-    n = pre.shape[-1]
-    if n % GROUP or n < 4 * GROUP * k:
-        return jax.lax.top_k(pre, k)[1]
-    grouped = pre.reshape(*pre.shape[:-1], n // GROUP, GROUP)
-    _, groups = jax.lax.top_k(jnp.max(grouped, -1), k)
-    cand = jnp.take_along_axis(grouped, groups[..., None], axis=-2).reshape(*pre.shape[:-1], k * GROUP)
-    _, c = jax.lax.top_k(cand, k)
-    return jnp.take_along_axis(groups, c // GROUP, axis=-1) * GROUP + c % GROUP
-
-
 def _fires(idx, active, d_sae):
     return jnp.zeros((d_sae,), jnp.float32).at[idx.reshape(-1)].add(active.reshape(-1).astype(jnp.float32))
 
 
-def _compact(mask, size: int):
-    """The indices where ``mask`` is True, in order, in an array of ``size`` (padded with 0)."""
-    rank = jnp.cumsum(mask) - 1
+def _compact(mask, size: int, start=0):
+    """The indices where ``mask`` is True, in index order from the ``start``-th of them on
+    (wrapping around), in an array of ``size`` (padded with 0)."""
+    n = jnp.maximum(jnp.sum(mask), 1)
+    rank = (jnp.cumsum(mask) - 1 - start) % n
     slot = jnp.where(mask & (rank < size), rank, size)
     return jnp.zeros((size,), jnp.int32).at[slot].set(jnp.arange(mask.shape[0], dtype=jnp.int32), mode="drop")
 
 
-def aux_capacities(aux_k: int, d_sae: int) -> tuple[int, ...]:
-    """Sizes of the dead-latent pools AuxK is compiled for: aux_k * 4^j, then every latent."""
+def aux_capacities(aux_k: int, d_sae: int, max_pool: int | None = None) -> tuple[int, ...]:
+    """Sizes of the dead-latent pools AuxK is compiled for: aux_k * 4^j up to ``max_pool``
+    (default 4 aux_k), never more than d_sae."""
+    top = min(d_sae, max_pool or 4 * aux_k)
     caps, c = [], aux_k
-    while c < d_sae:
+    while c < top:
         caps.append(c)
         c *= 4
-    return (*caps, d_sae)
+    return (*caps, top)
 
 
-def _auxk(p: Params, cfg: ArchConfig, xc, residual, dead):
-    """AuxK (Gao et al. 2024): each token's ``aux_k`` largest dead latents reconstruct the main
-    reconstruction's residual; normalised MSE, scaled down when fewer than ``aux_k`` latents are
-    dead (as sparsify and SAELens do); 0 when none is.
+def auxk(p: Params, cfg: ArchConfig, x, residual, dead, step=0):
+    """AuxK (Gao et al. 2024) and its gradient: ``(loss, grads like p)``.
+
+    Each token's ``aux_k`` largest dead latents reconstruct the main reconstruction's
+    ``residual`` (no b_dec); normalised MSE, times ``aux_coef``, scaled down when fewer than
+    ``aux_k`` latents are dead (as sparsify and SAELens do); 0 when none is.
 
     Only the dead latents are computed: they are gathered into the smallest pool of
-    ``aux_capacities`` that holds them all (one compiled branch per pool size, picked on the
-    device), so a run with few dead latents pays for a few columns, not for all of them."""
+    ``aux_capacities`` that holds them all, one compiled branch per pool size, picked on the
+    device. When more latents are dead than the largest pool holds (``aux_pool``, default
+    4 aux_k), each step takes a different window of ``aux_pool`` of them (from the
+    ``step * aux_pool``-th dead latent on, wrapping), so all are tried in turn: exact AuxK up to
+    ``aux_pool`` dead latents, a rotating subset beyond. (A pool as wide as d_sae would cost every
+    step on CPU, dead latents or not, for its [B, d_sae] temporaries.) The gradient is taken
+    *inside* each branch: through the switch, its forward would return every branch's residuals
+    (zeros for those not taken) on every step."""
     n_dead = jnp.sum(dead)
-    caps = aux_capacities(cfg.aux_k, cfg.d_sae)
+    caps = aux_capacities(cfg.aux_k, cfg.d_sae, cfg.aux_pool)
+    start = (step * caps[-1]) % jnp.maximum(n_dead, 1)
+    scale = cfg.aux_coef * jnp.minimum(n_dead / cfg.aux_k, 1.0)
 
     def pool(size: int):
-        def run():
-            cols = _compact(dead, size)
+        def loss(p):
+            xc = encoder_input(p, cfg, x)
+            cols = _compact(dead, size, start)
             live = jnp.arange(size) < n_dead
             pre = xc @ p.W_enc[cols].T + p.b_enc[cols]
             pre = jnp.where(live[None, :], pre, -jnp.inf)
@@ -217,26 +214,29 @@ def _auxk(p: Params, cfg: ArchConfig, xc, residual, dead):
                 keep = jnp.broadcast_to(live[None, :], pre.shape)
             acts = jnp.where(keep, jax.nn.relu(pre), 0.0)
             e_hat = acts @ p.W_dec[cols]
-            return _sse(residual, e_hat) / jnp.maximum(_centred_sse(residual), 1e-12)
-        return run
+            return scale * _sse(residual, e_hat) / jnp.maximum(_centred_sse(residual), 1e-12)
 
-    branches = [lambda: jnp.zeros((), jnp.float32)] + [pool(c) for c in caps]
+        return lambda p: jax.value_and_grad(loss)(p)
+
+    def none(p):
+        return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, p)
+
     index = jnp.where(n_dead > 0, 1 + jnp.sum(n_dead > jnp.asarray(caps[:-1])), 0)
-    loss = jax.lax.switch(index, branches)
-    return cfg.aux_coef * jnp.minimum(n_dead / cfg.aux_k, 1.0) * loss
+    return jax.lax.switch(index, [none] + [pool(c) for c in caps], p)
 
 
 # ---------------------------------------------------------------------------------------------
 # the architectures
 
 
-def forward(p: Params, cfg: ArchConfig, x, y, dead, sparsity_coef) -> Forward:
+def forward(p: Params, cfg: ArchConfig, x, y, sparsity_coef) -> Forward:
     """One batch: ``x [B, d_in]`` in, target ``y [B, d_out]`` (``x`` itself for an SAE),
-    ``dead [d_sae]`` bool, ``sparsity_coef`` the current L0/L1 coefficient (traced)."""
+    ``sparsity_coef`` the current L0/L1 coefficient (traced). TopK and BatchTopK's AuxK term is
+    ``auxk``, with its own gradient, added by the step."""
     if cfg.arch == "topk":
-        return _topk(p, cfg, x, y, dead)
+        return _topk(p, cfg, x, y)
     if cfg.arch == "batchtopk":
-        return _batchtopk(p, cfg, x, y, dead)
+        return _batchtopk(p, cfg, x, y)
     if cfg.arch == "jumprelu":
         return _jumprelu(p, cfg, x, y, sparsity_coef)
     if cfg.arch == "relu":
@@ -244,22 +244,21 @@ def forward(p: Params, cfg: ArchConfig, x, y, dead, sparsity_coef) -> Forward:
     raise ValueError(f"unknown architecture {cfg.arch!r}")
 
 
-def _topk(p, cfg, x, y, dead) -> Forward:
+def _topk(p, cfg, x, y) -> Forward:
     xc = encoder_input(p, cfg, x)
     pre_sel = jax.lax.stop_gradient(xc @ p.W_enc.T + p.b_enc)
-    idx = top_k_indices(pre_sel, cfg.k)
+    _, idx = jax.lax.top_k(pre_sel, cfg.k)
     vals = jax.nn.relu(_gathered_pre(p, xc, idx))
     y_hat = _gathered_decode(p, vals, idx) + p.b_dec
     recon = _sse(y, y_hat)
     main = recon / jnp.maximum(_centred_sse(y), 1e-12)
-    aux = _auxk(p, cfg, xc, jax.lax.stop_gradient(y - y_hat), dead)
     active = vals > 0
-    return Forward(loss=main + aux, recon=recon, aux_loss=aux, sparsity_loss=jnp.zeros(()),
+    return Forward(loss=main, recon=recon, aux_loss=jnp.zeros(()), sparsity_loss=jnp.zeros(()),
                    l0=jnp.mean(jnp.sum(active, -1)), fires=_fires(idx, active, cfg.d_sae),
-                   min_kept=jnp.zeros(()), overflow=jnp.zeros(()))
+                   min_kept=jnp.zeros(()), overflow=jnp.zeros(()), residual=jax.lax.stop_gradient(y - y_hat))
 
 
-def _batchtopk(p, cfg, x, y, dead) -> Forward:
+def _batchtopk(p, cfg, x, y) -> Forward:
     """BatchTopK (Bussmann et al. 2024): the ``k * B`` largest activations of the whole batch.
     Each token's ``candidates`` largest pre-activations are the pool; a token with more than
     that many of the batch's top activations keeps its ``candidates`` (``overflow`` reports how
@@ -276,10 +275,10 @@ def _batchtopk(p, cfg, x, y, dead) -> Forward:
     y_hat = _gathered_decode(p, vals, idx) + p.b_dec
     recon = _sse(y, y_hat)
     main = recon / jnp.maximum(_centred_sse(y), 1e-12)
-    aux = _auxk(p, cfg, xc, jax.lax.stop_gradient(y - y_hat), dead)
     active = vals > 0
     min_kept = jnp.min(jnp.where(active, jax.lax.stop_gradient(vals), jnp.inf))
-    return Forward(loss=main + aux, recon=recon, aux_loss=aux, sparsity_loss=jnp.zeros(()),
+    return Forward(loss=main, recon=recon, aux_loss=jnp.zeros(()), sparsity_loss=jnp.zeros(()),
+                   residual=jax.lax.stop_gradient(y - y_hat),
                    l0=jnp.mean(jnp.sum(active, -1)), fires=_fires(idx, active, cfg.d_sae),
                    min_kept=jnp.where(jnp.isfinite(min_kept), min_kept, 0.0),
                    overflow=jnp.mean(keep[:, -1]) if cfg.candidates < cfg.d_sae else jnp.zeros(()))

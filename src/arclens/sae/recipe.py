@@ -15,6 +15,7 @@ The recipe (docs/SAE.md says where each step comes from; each has a flag):
   (``scale_inputs``); the constants are folded into the exported weights;
 - AuxK for dead latents (TopK, BatchTopK): k_aux = d_in / 2, coefficient 1/32; a latent is dead
   after ``dead_window`` tokens without firing (10M at full scale, ``tokens / 20`` for short runs);
+  up to ``aux_pool`` (4 k_aux) dead latents per step exactly, a rotating window of them beyond;
 - Adam (optax), lr = ``LR_AT_16K / sqrt(d_sae / 2**14)``, linear warmup, linear decay to 0 over the
   last 20% of steps;
 - float32 parameters whatever the activations' dtype.
@@ -87,6 +88,7 @@ class Recipe:
     scale_inputs: bool = True
     aux_k: int | None = None  # None: d_in // 2
     aux_coef: float = AUX_COEF
+    aux_pool: int | None = None  # dead latents AuxK computes exactly per step; None: 4 * aux_k
     dead_window: int | None = None  # tokens; None: min(10M, tokens / 20)
     warmup_steps: int | None = None  # None: 2% of steps, at most 1000
     decay_fraction: float = DECAY_FRACTION

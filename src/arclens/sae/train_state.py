@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from arclens.sae import recipe as R
-from arclens.sae.architectures import ArchConfig, Params, forward
+from arclens.sae.architectures import ArchConfig, Params, auxk, forward
 
 _NEVER = 2**30  # since_fired saturates here (int32)
 
@@ -74,6 +74,7 @@ def step_configs(settings: R.TrainSettings) -> tuple[StepConfig, ...]:
             apply_b_dec_to_input=not spec.is_transcoder, decoder_norm=rec.decoder_norm_for(spec.arch),
             bandwidth=rec.bandwidth,
             candidates=min(spec.d_sae, max(spec.k or 1, rec.batchtopk_candidates * (spec.k or 1))),
+            aux_pool=rec.aux_pool,
         )
         coef = spec.sparsity_coef if spec.sparsity_coef is not None else 0.0
         out.append(StepConfig(
@@ -173,11 +174,15 @@ def sae_step(cfg: StepConfig, state: SAEState, x_raw, y_raw, step):
     coef = cfg.sparsity_coef * jnp.minimum(1.0, (step + 1.0) / cfg.sparsity_warmup)
 
     def loss_fn(p):
-        f = forward(p, a, x, y, dead, coef)
+        f = forward(p, a, x, y, coef)
         return f.loss, f
 
     (_, f), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     p = state.params
+    if a.arch in ("topk", "batchtopk"):
+        aux_loss, aux_grads = auxk(p, a, x, f.residual, dead, step)
+        grads = jax.tree.map(jnp.add, grads, aux_grads)
+        f = dataclasses.replace(f, loss=f.loss + aux_loss, aux_loss=aux_loss)
     if a.decoder_norm == "unit":
         grads = dataclasses.replace(grads, W_dec=_remove_parallel(grads.W_dec, p.W_dec))
     updates, opt = adam().update(grads, state.opt, p)
