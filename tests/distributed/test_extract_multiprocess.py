@@ -36,8 +36,9 @@ def test_two_processes_on_a_2x2_mesh_equal_one_process(tmp_path, tiny_model_dir,
     worker_logs = [tmp_path / f"w{i}.log" for i in range(2)]
     # This job takes its place from the environment instead of flags.
     worker = [
-        start_cli([*common, "--out", tmp_path / "worker", "--num-workers", "1", "--worker-id", "0"], worker_logs[i],
-                  JAX_NUM_CPU_DEVICES=1, ARCLENS_TASKS_PER_UNIT=2, ARCLENS_COORDINATOR=coordinator,
+        start_cli([*common, "--out", tmp_path / "worker", "--num-workers", "1", "--worker-id", "0",
+                   "--tasks-per-unit", "2"], worker_logs[i],
+                  JAX_NUM_CPU_DEVICES=1, ARCLENS_COORDINATOR=coordinator,
                   ARCLENS_NUM_PROCESSES=2, ARCLENS_PROCESS_ID=i)
         for i in range(2)
     ]

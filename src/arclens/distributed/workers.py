@@ -398,78 +398,7 @@ def claimed_units(
 
 
 # ---------------------------------------------------------------------------------------------
-# work units and the run loop the extract pipeline calls
-
-DEFAULT_TASKS_PER_UNIT = 16
-ENV_TASKS_PER_UNIT = "ARCLENS_TASKS_PER_UNIT"
-ENV_CLAIM_TTL = "ARCLENS_CLAIM_TTL_S"
-ENV_NUM_WORKERS = "ARCLENS_NUM_WORKERS"
-# Seconds a worker waits with nothing to claim (every unit left is held by a live-looking worker)
-# before it exits anyway. Unset: wait until every unit is done, so that a live worker always
-# remains to take over a unit whose holder dies.
-ENV_IDLE_EXIT = "ARCLENS_WORKER_IDLE_EXIT_S"
-
-
-def task_units(task_ids: Sequence[str], tasks_per_unit: int = DEFAULT_TASKS_PER_UNIT) -> dict[str, list[str]]:
-    """Fixed chunks of the sorted task ids: ``{"tasks-000000-000016": [ids...], ...}``.
-
-    Every worker computes the same units from the same task set (the store's metadata refuses a
-    run with a different one)."""
-    if tasks_per_unit < 1:
-        raise UserError(f"{ENV_TASKS_PER_UNIT}: expected a positive number of tasks per unit, got {tasks_per_unit}")
-    ids = sorted(task_ids)
-    return {
-        f"tasks-{start:06d}-{min(start + tasks_per_unit, len(ids)):06d}": ids[start:start + tasks_per_unit]
-        for start in range(0, len(ids), tasks_per_unit)
-    }
-
-
-def stream_units(folder: str) -> dict[str, str] | None:
-    """The files of an ``arclens streams`` folder as units (``{"stream_003": path}``), or None
-    when ``folder`` is not one."""
-    if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "streams.json")):
-        return None
-    files = sorted(f for f in os.listdir(folder) if re.fullmatch(r"stream_\d+\.jsonl", f))
-    return {f.removesuffix(".jsonl"): os.path.join(folder, f) for f in files} or None
-
-
-def _env_number(name: str, cast, default):
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise UserError(f"{name}: expected a number, got {raw!r}") from None
-
-
-def worker_slot(args) -> tuple[int | None, int | None]:
-    """``(worker_id, num_workers)``; ``num_workers`` is None when this is not a worker run.
-
-    --num-workers (or ARCLENS_NUM_WORKERS) turns worker mode on. The id comes from --worker-id,
-    else TPU_WORKER_ID (taken modulo N: on a fleet of single-host VMs it is 0 everywhere, which is
-    harmless because ids only choose where a worker starts looking), else None (a random start).
-    """
-    worker_id = getattr(args, "worker_id", None)
-    num_workers = getattr(args, "num_workers", None)
-    if num_workers is None:
-        num_workers = _env_number(ENV_NUM_WORKERS, int, None)
-    if num_workers is None:
-        if worker_id is not None:
-            raise UserError("--worker-id needs --num-workers N (or ARCLENS_NUM_WORKERS)")
-        return None, None
-    if num_workers < 1:
-        raise UserError(f"--num-workers must be at least 1, got {num_workers}")
-    if worker_id is None:
-        tpu_worker = _env_number("TPU_WORKER_ID", int, None)
-        return (None if tpu_worker is None else tpu_worker % num_workers), num_workers
-    if not 0 <= worker_id < num_workers:
-        raise UserError(f"--worker-id {worker_id} must be in 0..{num_workers - 1} (--num-workers {num_workers})")
-    return worker_id, num_workers
-
-
-def is_worker_run(args) -> bool:
-    return worker_slot(args)[1] is not None
+# the run loop the extract pipeline calls
 
 
 @dataclass
@@ -505,9 +434,7 @@ def run_with_workers(
     broadcasts each unit, every process extracts its share, and the unit is done only when all
     processes report it complete.
     """
-    ttl = ttl_s if ttl_s is not None else _env_number(ENV_CLAIM_TTL, float, DEFAULT_TTL_S)
-    if idle_timeout_s is None:
-        idle_timeout_s = _env_number(ENV_IDLE_EXIT, float, None)
+    ttl = ttl_s if ttl_s is not None else DEFAULT_TTL_S
     stop = stop or (lambda: False)
     multi = runtime is not None and runtime.num_processes > 1
     leader = runtime is None or runtime.process_id == 0

@@ -294,11 +294,11 @@ def validate(args) -> InferSettings:
     from arclens.model.loading import resolve_model
     from arclens.prompts import PromptConfig, create_grid_encoder, load_tokenizer
 
-    if args.num_processes not in (None, 1) or args.coordinator or (args.num_workers or 1) > 1:
+    if args.num_processes not in (None, 1) or args.coordinator:
         raise UserError(
-            "infer runs as one process (on its local devices, --devices N); --coordinator/--num-processes/"
-            "--num-workers are accepted by extract only (split the tasks with `arclens streams` "
-            "and run one infer per stream instead)"
+            "infer runs as one process (on its local devices, --devices N); --coordinator/--num-processes "
+            "are accepted by extract only (split the tasks with `arclens streams` and run one infer per "
+            "stream instead)"
         )
     if args.mesh:
         raise UserError(
@@ -364,7 +364,7 @@ def _windows(tasks: Sequence[Task], keys: dict[str, set[str]], window_samples: i
 
 
 def infer(s: InferSettings, *, progress: bool = True) -> InferSummary:
-    from arclens.pipeline.rendering import task_keys
+    from arclens.pipeline.schedule import task_keys
 
     check_settings(s.out, s.to_json())
     pred_path = s.out / PREDICTIONS
@@ -634,26 +634,24 @@ class _ActivationSink:
         self.dest = str(s.out / ACTIVATIONS)
         self.tokenizer, self.encoder = tokenizer, encoder
         self.version = get_prompt_version(s.prompt.version)
-        from arclens.pipeline.extract import is_random_checkpoint, tasks_fingerprint
+        from arclens.model.loading import is_random_checkpoint
+        from arclens.store.format import writer_name
+        from arclens.store.metadata import model_section, tasks_section
 
-        model = {"name": s.model, "config": s.config.to_json(), "dtype": s.dtype,
-                 "random_weights": is_random_checkpoint(s.model_path)}
-        if s.model_fingerprint is not None:  # resumes compare by it, as extract's do
-            model["fingerprint"] = s.model_fingerprint
         meta = {
-            "model": model,
+            "model": model_section(s.model, s.config.to_json(), s.dtype, fingerprint=s.model_fingerprint,
+                                   random_weights=is_random_checkpoint(s.model_path)),
             "hooks": [h.name for h in s.hooks],
             "dtype": s.dtype,
             "d_model": s.config.hidden_size,
             "positions": "generated",
             "prompt": s.prompt.to_json(),
-            "tasks": {"source": s.tasks_source, "count": len(s.tasks),
-                      "fingerprint": tasks_fingerprint(s.tasks, s.prompt.with_answer)},
+            "tasks": tasks_section(s.tasks_source, s.tasks, s.prompt.with_answer),
             "generation": {"max_new_tokens": s.max_new_tokens, "decoding": "greedy"},
         }
         open_or_create_store(self.dest, meta)
         self.committed = committed_keys(self.dest)
-        self.writer = StoreWriter(self.dest, writer=f"infer-{os.uname().nodename}-{os.getpid()}")
+        self.writer = StoreWriter(self.dest, writer=writer_name(role="infer"))
 
     def roles(self, sample, gen) -> dict[str, np.ndarray]:
         """``grid``/``row``/``col`` int16 of each stored row: the role of the token fed there."""

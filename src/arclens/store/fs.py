@@ -18,7 +18,6 @@ a failed attempt we read the object back and accept it when its bytes are exactl
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import random
@@ -32,11 +31,6 @@ from arclens.errors import StorageUnavailable, UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Extra fsspec storage options as a JSON object, for every URL (e.g. '{"endpoint_url": ...}').
-# s3fs (through botocore) also honours AWS_ENDPOINT_URL and gcsfs honours STORAGE_EMULATOR_HOST,
-# so the CLI runs unchanged against loopback emulators.
-STORAGE_OPTIONS_ENV = "ARCLENS_STORAGE_OPTIONS"
 
 # Part size of multipart (S3) / resumable (GCS) uploads of spooled shards; None: the library's
 # default (50 MiB parts; s3fs then uses one PUT below 100 MiB, gcsfs one request below 5 MiB).
@@ -59,17 +53,13 @@ def _protocols(fs) -> tuple[str, ...]:
 
 
 def storage_options_for(url: str, extra: dict | None = None) -> dict:
-    """Storage options for ``url``: ARCLENS_STORAGE_OPTIONS, then ``extra`` (wins)."""
-    opts: dict[str, Any] = {}
-    raw = os.environ.get(STORAGE_OPTIONS_ENV)
-    if raw:
-        try:
-            env_opts = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{STORAGE_OPTIONS_ENV}: not a JSON object ({err})") from None
-        if not isinstance(env_opts, dict):
-            raise UserError(f"{STORAGE_OPTIONS_ENV}: expected a JSON object")
-        opts.update(env_opts)
+    """Storage options for ``url``: ``ARCLENS_STORAGE_OPTIONS`` (a JSON object for every URL, e.g.
+    ``{"endpoint_url": ...}``; deployment.py), then ``extra`` (wins). s3fs (through botocore) also
+    honours AWS_ENDPOINT_URL and gcsfs STORAGE_EMULATOR_HOST, so the CLI runs unchanged against
+    loopback emulators."""
+    from arclens.deployment import storage_options
+
+    opts: dict[str, Any] = dict(storage_options())
     opts.update(extra or {})
     # An emulator takes no credentials; without this gcsfs probes a metadata server first.
     if url.startswith(("gs://", "gcs://")) and os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:

@@ -14,7 +14,6 @@ carries its name, so a leftover shard from a crash is never committed by a later
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arclens import __version__
+from arclens._version import __version__
+from arclens.crashpoints import crash_point
 from arclens.errors import RunFailed, UserError
 from arclens.store import fs as fsx
 from arclens.store.format import (
@@ -39,38 +39,26 @@ from arclens.store.format import (
     SHARDS_DIR,
     VERSION,
     activation_dtype,
-    check_metadata,
     check_writer_name,
-    describe_differences,
     encode_json,
     index_relpath,
-    metadata_differences,
     seq_of,
     shard_relpath,
     shard_stem,
     write_shard,
 )
 from arclens.store.index import IndexEntry, committed_keys, read_metadata  # noqa: F401 - re-export
+from arclens.store.metadata import check_metadata, describe_differences, metadata_differences
 
 log = logging.getLogger(__name__)
 
 SAMPLE_FIELDS = ("key", "task_id", "test_index", "augmentation", "prompt_tokens")
 
-# Shards published at once in the background (ARCLENS_PUBLISH_THREADS; 0 = publish inline).
-# Serialising a shard is sha256 + memory copies + a write and fsync or an upload: one core's
-# worth of work per shard. Publishing in a small pool lets the next shard fill (and other shards
-# hash and upload) meanwhile, so the stage that feeds the writer is not held up by one shard.
-PUBLISH_THREADS_ENV = "ARCLENS_PUBLISH_THREADS"
+# Shards published at once in the background (``publish_threads``, ``--publish-threads``; 0 =
+# inline). Serialising a shard is sha256 + memory copies + a write and fsync or an upload: one
+# core's worth of work per shard. Publishing in a small pool lets the next shard fill (and other
+# shards hash and upload) meanwhile, so the stage that feeds the writer is not held up by one shard.
 DEFAULT_PUBLISH_THREADS = 2
-
-
-def default_publish_threads() -> int:
-    raw = os.environ.get(PUBLISH_THREADS_ENV, "")
-    if raw == "":
-        return DEFAULT_PUBLISH_THREADS
-    if not raw.isdigit():
-        raise UserError(f"{PUBLISH_THREADS_ENV}={raw!r}: expected a whole number (0 publishes inline)")
-    return int(raw)
 
 
 @dataclass
@@ -96,7 +84,7 @@ def open_or_create_store(dest: str, metadata: dict, storage_options: dict | None
     """Create the store with ``metadata`` (``format``, ``version``, ``created_at`` and
     ``arclens_version`` are filled in when absent), or open an existing one whose settings equal
     ``metadata`` (``model`` and ``tasks`` compared by their fingerprints where both stores have
-    one: ``format.metadata_differences``); otherwise UserError naming every differing field."""
+    one: ``store.metadata.metadata_differences``); otherwise UserError naming every differing field."""
     meta = {"format": FORMAT, "version": VERSION, **metadata}
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta.setdefault("arclens_version", __version__)
@@ -172,8 +160,10 @@ class StoreWriter:
         self.fs, self.root = fsx.get_fs(dest, storage_options)
         self._local = fsx.is_local(self.fs)
         # Remote shards are spooled to local disk first (whole-object upload, retries without
-        # re-serializing): ARCLENS_SPOOL_DIR or the system temp dir must hold one shard.
-        self._spool_dir = spool_dir or os.environ.get("ARCLENS_SPOOL_DIR") or None
+        # re-serializing): ARCLENS_SPOOL_DIR (deployment.py) or the system temp dir must hold one shard.
+        from arclens.deployment import spool_dir as deployment_spool_dir
+
+        self._spool_dir = spool_dir or deployment_spool_dir()
         self._resolve_settings(hooks, d_model, dtype)
         self._lock = threading.RLock()  # the buffer; held while add() waits for the pool
         self._commits_lock = threading.Lock()  # the commit list (read by other threads, e.g. progress)
@@ -181,7 +171,7 @@ class StoreWriter:
         self._reset_buffer()
         self._keys_seen: set[str] = set()
         self.commits: list[Commit] = []
-        self.publish_threads = default_publish_threads() if publish_threads is None else int(publish_threads)
+        self.publish_threads = DEFAULT_PUBLISH_THREADS if publish_threads is None else int(publish_threads)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[_PendingShard] = []  # submitted, not yet known to be committed
         self._failed: list[_PendingShard] = []  # publication failed; retried by the next flush()
@@ -363,6 +353,7 @@ class StoreWriter:
                 "format": FORMAT, "version": str(VERSION)}
         t0 = time.perf_counter()
         size, sha = self._publish_shard(shard_rel, meta, job.chunks)
+        crash_point("shard-written")  # tests: a kill here leaves a whole shard without its index file
         keys = tuple(s["key"] for s in job.samples)
         entry = IndexEntry(job.stem + ".json", shard_rel, sha, size, job.n_tokens, keys)
         try:
@@ -448,11 +439,3 @@ class StoreWriter:
             with self._lock:
                 self._reset_buffer()
             self._wait_all()
-
-
-def file_sha256(path: str, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
