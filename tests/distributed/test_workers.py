@@ -22,7 +22,7 @@ from tests.support.stores import stored
 from tests.support.tasks import write_small_tasks
 
 from arclens.cli import main
-from arclens.distributed.workers import read_board
+from arclens.distributed.claims import read_board
 from arclens.store import fs as storefs
 
 TTL_S = 6  # A's and D's claim ttl

@@ -4,7 +4,8 @@ Multi-host JAX is SPMD: every process runs the same program over the same global
 feeds only its own slice of each batch, and gets back only the rows its devices hold. Nothing is
 ever gathered to one process. The helpers here are the whole seam between that model and the
 pipeline: where this process's rows are (``local_batch_rows``), building the global batch
-(``global_batch``), reading captures back (``local_rows``) and a barrier. (``metadata.json`` needs
+(``global_batch``) and reading captures back (``local_rows``); agreement between the processes
+(barriers, broadcasts, a shared claim) is distributed/coordination.py. (``metadata.json`` needs
 no helper: ``store.writer.open_or_create_store`` creates it create-only, so whichever process wins
 creates it and every other one compares its settings against the winner's.)
 
@@ -201,17 +202,3 @@ def _merge_contiguous(parts: list[tuple[slice, np.ndarray]]) -> list[tuple[slice
         else:
             merged.append((rows, data))
     return merged
-
-
-# ---------------------------------------------------------------------------------------------
-# agreement between processes
-
-
-def barrier(name: str, runtime: Runtime | None = None) -> None:
-    """Block until every process reaches ``barrier(name)``; free when there is one process."""
-    import jax
-
-    if (runtime.num_processes if runtime else jax.process_count()) > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

@@ -70,6 +70,24 @@ def plan_units(tasks: Sequence, tasks_source: str, tasks_per_unit: int) -> UnitP
     return UnitPlan("tasks", tasks_per_unit, {unit: [by_id[i] for i in ids] for unit, ids in chunks.items()})
 
 
+def check_recorded_plan(dest: str, tasks_per_unit: int | None, storage_options: dict | None = None) -> None:
+    """Refuse, before anything else happens, a ``--tasks-per-unit`` that differs from the plan the
+    store's first worker recorded (``shared_plan`` checks again when it takes the plan)."""
+    if tasks_per_unit is None:
+        return
+    fs, root = storefs.get_fs(dest, storage_options)
+    recorded = _read(fs, storefs.join(root, PLAN_FILE), dest)
+    if recorded is not None:
+        _check_tasks_per_unit(recorded, tasks_per_unit, dest)
+
+
+def _check_tasks_per_unit(recorded: dict, tasks_per_unit: int | None, dest: str) -> None:
+    if tasks_per_unit is not None and recorded.get("tasks_per_unit") not in (None, tasks_per_unit):
+        raise UserError(
+            f"--tasks-per-unit {tasks_per_unit}: the workers of {dest} cut the tasks into units of "
+            f"{recorded['tasks_per_unit']} ({PLAN_FILE}); drop the flag or pass {recorded['tasks_per_unit']}")
+
+
 def shared_plan(dest: str, tasks: Sequence, tasks_source: str, tasks_per_unit: int | None, *, default: int,
                 storage_options: dict | None = None) -> UnitPlan:
     """The fleet's plan: the one recorded in ``DEST/units.json``, else this worker's (``tasks_per_unit``
@@ -87,10 +105,7 @@ def shared_plan(dest: str, tasks: Sequence, tasks_source: str, tasks_per_unit: i
                 return plan
             except FileExistsError:
                 continue  # another worker recorded its plan first: compare with that one
-        if tasks_per_unit is not None and recorded.get("tasks_per_unit") not in (None, tasks_per_unit):
-            raise UserError(
-                f"--tasks-per-unit {tasks_per_unit}: the workers of {dest} cut the tasks into units of "
-                f"{recorded['tasks_per_unit']} ({PLAN_FILE}); drop the flag or pass {recorded['tasks_per_unit']}")
+        _check_tasks_per_unit(recorded, tasks_per_unit, dest)
         plan = plan_units(tasks, tasks_source, recorded.get("tasks_per_unit") or default)
         if list(plan.units) != recorded.get("units") or plan.source != recorded.get("source"):
             raise UserError(f"{dest}/{PLAN_FILE}: its work units are not those of this task set; the store's "

@@ -107,6 +107,10 @@ def validate(args, deployment):
         model_fingerprint=fingerprint,
     )
     check_local_dest(args.out)
+    if worker is not None:
+        from arclens.distributed.units import check_recorded_plan
+
+        check_recorded_plan(args.out, worker.tasks_per_unit)  # a fleet cuts its tasks one way only
     tasks = load_tasks(args.tasks, args.solutions, args.max_tasks)
     if not tasks:
         raise UserError(f"--tasks {args.tasks}: no tasks to extract")

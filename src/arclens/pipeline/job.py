@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import jax
 
 from arclens.data.tasks import Task
-from arclens.distributed.runtime import Runtime, barrier
+from arclens.distributed.coordination import Coordinator
+from arclens.distributed.runtime import Runtime
 from arclens.pipeline.progress import ProgressReporter, RunSummary
 from arclens.pipeline.schedule import Planner, scheduled_batches, task_keys, windows
 from arclens.pipeline.settings import CaptureSettings, ExtractSettings
@@ -82,17 +83,22 @@ class ExtractJob:
                                                                         DEFAULT_TOKENS_PER_BATCH_ACCEL)
         dp = self.runner.data_parallel()
         self.planner = Planner(tokens_per_batch=per_device * dp, max_shapes=c.max_shapes, row_multiple=dp)
+        self.coordinator = Coordinator(self.runtime, prefix="arclens/job")
         self.stop = StopRequest()
         self.step = 0  # rising for the life of the job: the preemption sync point's step id
+        self.stopped_for: str | None = None
         self.store = None  # StoreHandle once open_store ran
 
     # -- stopping ------------------------------------------------------------------------------
 
     def should_stop(self, lease=None) -> bool:
         """Asked before every batch (and by the worker loop between units), on every process at
-        the same steps: True once the job must stop, or the ``lease`` (a worker's claim) is lost."""
+        the same steps: True once the job must stop, or the ``lease`` (a worker's claim) is lost.
+        ``lease.held_at(step)`` gives the same answer on every process (claims.Lease,
+        coordination.SharedLease). ``stopped_for`` says which: "stop", "lease" or None."""
         step = self.step
         self.step += 1
+        self.stopped_for = None
         if self.runtime.multi_process:
             # Every process must stop at the same batch or the others hang in the next SPMD step.
             # jax's preemption sync point answers the same for all processes at a given step.
@@ -104,8 +110,10 @@ class ExtractJob:
             except Exception as err:  # noqa: BLE001 - no preemption service in this jax.distributed setup
                 _warn_once(f"no graceful stop across processes: jax preemption sync point unavailable ({err})")
         if self.stop.is_set():
-            return True
-        return lease is not None and not lease.held()
+            self.stopped_for = "stop"
+        elif lease is not None and not lease.held_at(step):
+            self.stopped_for = "lease"
+        return self.stopped_for is not None
 
     def signal_handlers(self):
         """SIGTERM / Ctrl-C set ``self.stop`` for the duration (single process; a multi-process
@@ -178,7 +186,7 @@ class ExtractJob:
         if self.store is None:
             self.open_store(tasks)
         committed = frozenset(committed_keys(s.dest))
-        barrier("arclens-extract-resume", self.runtime)  # everyone listed the same commits before anyone writes
+        self.coordinator.barrier("resume")  # every process listed the same commits before anyone writes
         wins = windows(list(tasks), c.prompt, c.window_samples)
         keys = [[k for t in w for k in task_keys(t, c.prompt)] for w in wins]
         todo = sum(k not in committed for ks in keys for k in ks)
@@ -200,25 +208,35 @@ class ExtractJob:
         def scheduled(on_plan):
             return scheduled_batches(renderer, wins, self.planner, needed=needed, on_plan=on_plan)
 
+        # A worker commits only while its claim is held: checked right before every commit.
+        guard = lease.held if lease is not None else None
+        self.stopped_for = None
         try:
-            with self.signal_handlers(), StoreWriter(s.dest, name, s.shard_bytes,
-                                                     publish_threads=s.publish_threads) as store_writer:
+            with self.signal_handlers(), StoreWriter(s.dest, name, s.shard_bytes, publish_threads=s.publish_threads,
+                                                     commit_guard=guard) as store_writer:
                 to_store(self.runner, scheduled, store_writer, positions=c.positions, committed=committed,
                          gate=lambda: self.should_stop(lease), reporter=reporter, summary=summary,
                          tokens_per_batch=self.planner.tokens_per_batch)
         finally:
             reporter.close()
             renderer.close()
-        summary.shards = len(store_writer.commits)
-        summary.bytes = sum(x.bytes for x in store_writer.commits)
+        commits = store_writer.commits
+        summary.shards, summary.bytes = len(commits), sum(x.bytes for x in commits)
+        if summary.lease_lost:  # what was added after the claim was lost was never committed
+            summary.samples = sum(len(x.samples) for x in commits)
+            summary.tokens_stored = sum(x.n_tokens for x in commits)
         summary.compile_s = self.runner.compile_seconds
         summary.stopped_by = self.stop.signal_name
-        summary.lease_lost = lease is not None and not self.stop.is_set() and not lease.held()
+        summary.lease_lost = summary.lease_lost or self.stopped_for == "lease"
+        # Each process wrote the rows it reads back, and those are disjoint: together they are
+        # every uncommitted sample exactly when the run is complete (also after a late stop).
+        written = sum(int(n) for n in self.coordinator.gather(self.coordinator.key("written", self.step),
+                                                              str(summary.samples)))
         stopped = self.stop.is_set() or summary.lease_lost
-        if not self.runtime.multi_process and not stopped and summary.samples != todo:
+        if not stopped and written != todo:
             # Never report success for a run that silently skipped samples (a rerun would resume them).
-            raise RuntimeError(f"extract wrote {summary.samples} samples of the {todo} it scheduled")
-        summary.complete = not stopped
+            raise RuntimeError(f"extract wrote {written} samples of the {todo} it scheduled")
+        summary.complete = written == todo and not summary.lease_lost
         return summary
 
     def _store_settings(self):

@@ -17,20 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arclens.distributed.claims import DEFAULT_TTL_S as DEFAULT_CLAIM_TTL_S
 from arclens.errors import UserError
 from arclens.model.config import QwenConfig
 from arclens.model.hooks import Hook, parse_hooks
 from arclens.pipeline.batching import DEFAULT_MAX_SHAPES
 from arclens.prompts import PromptConfig
+from arclens.store.writer import DEFAULT_PUBLISH_THREADS
 
 POSITIONS = ("all", "last")
 DTYPES = ("bfloat16", "float32")
 CAPTURE_MEMORY_KINDS = ("device", "pinned_host")
 DEFAULT_WINDOW_SAMPLES = 16384  # samples per window of whole tasks: the unit of scheduling
 DEFAULT_SHARD_BYTES = 1 << 30
-DEFAULT_PUBLISH_THREADS = 2
 DEFAULT_TASKS_PER_UNIT = 16
-DEFAULT_CLAIM_TTL_S = 120.0
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from arclens.crashpoints import crash_point
 from arclens.pipeline.overlap import Aborted, DeviceClock, Stages
 from arclens.pipeline.schedule import ScheduledBatch
 from arclens.pipeline.writing import BatchWork, assemble, write_batch
+from arclens.store.writer import CommitRefused
 
 PREFETCH_BATCHES = 4  # assembled batches waiting for the device
 IN_FLIGHT_BATCHES = 2  # dispatched, not yet read back: bounds device memory for captures
@@ -92,7 +93,8 @@ def _dispatch(runner, work: BatchWork, tokens_per_batch: int, to_host: bool):
 def to_store(runner, scheduled: Scheduled, writer, *, positions: str, committed: frozenset[str], gate: Callable[[], bool],
              reporter, summary, tokens_per_batch: int) -> None:
     """Compute every batch of ``scheduled`` that holds an uncommitted sample and write those
-    samples; stops between batches when ``gate()`` says so, committing what was dispatched."""
+    samples; stops between batches when ``gate()`` says so, committing what was dispatched. A
+    commit the writer's guard refuses sets ``summary.lease_lost`` and commits nothing more."""
     stages = Stages()
     busy = stages.busy
     to_device = stages.channel(PREFETCH_BATCHES)
@@ -125,16 +127,33 @@ def to_store(runner, scheduled: Scheduled, writer, *, positions: str, committed:
             to_writer.put((work, host))
         to_writer.close()
 
+    def refused() -> None:
+        # The claim is lost (StoreWriter's commit guard): nothing more is committed; the dispatch
+        # loop keeps following the gate (every process must stop at the same batch) and the rest
+        # of the batches drain unwritten.
+        summary.lease_lost = True
+        writer.abandon()
+
     def write() -> None:
         for work, host in to_writer:
-            with busy.measure("write"):
-                n, stored = write_batch(writer, work, host, positions)
+            if summary.lease_lost:
+                continue
+            try:
+                with busy.measure("write"):
+                    n, stored = write_batch(writer, work, host, positions)
+            except CommitRefused:
+                refused()
+                continue
             summary.samples += n
             summary.tokens_stored += stored
             summary.prompt_tokens += work.real_tokens
             reporter.advance(n, work.real_tokens)
-        with busy.measure("write"):
-            writer.flush()
+        if not summary.lease_lost:
+            try:
+                with busy.measure("write"):
+                    writer.flush()
+            except CommitRefused:
+                refused()
 
     stages.start("produce", _producer(stages, to_device, scheduled, runner, committed=committed, start=0,
                                       to_host=True, stop=stop_producing, summary=summary))

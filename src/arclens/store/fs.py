@@ -23,10 +23,10 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from arclens.data.atomic import fsync_dir, replace_atomically, temp_file_beside, temp_path_beside
 from arclens.errors import StorageUnavailable, UserError
 
 log = logging.getLogger(__name__)
@@ -152,44 +152,20 @@ def with_retries(what: str, call: Callable[[int], T], attempts: int | None = Non
 # writing
 
 
-def _local_temp_path(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_local_temp(path: str, data: bytes) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _local_temp_path(path)
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def create_only(fs, path: str, data: bytes) -> None:
+def create_only(fs, path: str, data: bytes, *, just_before: Callable[[], None] | None = None) -> None:
     """Create ``path`` holding ``data``, appearing whole; FileExistsError if ``path`` already
     holds *other* bytes.
 
     Idempotent for identical bytes, on purpose: a create whose response was lost is retried (by
     us, and inside botocore/gcsfs, where we cannot see it) and then meets our own object. Every
     object we create-only carries content unique to its writer (a shard's sha256, a timestamp,
-    an owner token), so "exists with exactly these bytes" means "ours"."""
+    an owner token), so "exists with exactly these bytes" means "ours".
+
+    ``just_before()`` runs as late as possible before the object can appear (locally: after the
+    bytes are on disk, right before the link), so a check it makes (a commit guard) has as short
+    a window as the backend allows; it raises to cancel the create."""
     try:
-        _create_only_once(fs, path, data)
+        _create_only_once(fs, path, data, just_before)
     except FileExistsError:
         if _read_back_equals(fs, path, data):
             log.info("%s: already holds exactly these bytes (an earlier attempt landed)", path)
@@ -197,10 +173,13 @@ def create_only(fs, path: str, data: bytes) -> None:
         raise
 
 
-def _create_only_once(fs, path: str, data: bytes) -> None:
+def _create_only_once(fs, path: str, data: bytes, just_before) -> None:
+    just_before = just_before or (lambda: None)
     if is_local(fs):
-        tmp = _write_local_temp(path, data)
+        with temp_file_beside(path) as (f, tmp):
+            f.write(data)
         try:
+            just_before()
             os.link(tmp, path)  # atomic, fails with EEXIST; the file is already complete
         except FileExistsError:
             raise
@@ -215,16 +194,18 @@ def _create_only_once(fs, path: str, data: bytes) -> None:
                 os.fsync(f.fileno())
         finally:
             os.unlink(tmp)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         return
     if "memory" in _protocols(fs):
         with _memory_lock:
             if fs.exists(path):
                 raise FileExistsError(path)
+            just_before()
             fs.pipe_file(path, data)
         return
 
     def attempt(_i: int) -> None:
+        just_before()
         try:
             fs.pipe_file(path, data, mode="create")
         finally:
@@ -249,22 +230,22 @@ def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | N
         raise TypeError("write_whole needs exactly one of data or local_file")
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if local_file is not None:
-            tmp = _local_temp_path(path)
+        if local_file is None:
+            replace_atomically(path, data)
+            return
+        tmp = temp_path_beside(path)
+        try:
             try:
                 os.link(local_file, tmp)  # same filesystem: no copy at all
             except OSError:
                 import shutil
 
                 shutil.copyfile(local_file, tmp)
-        else:
-            tmp = _write_local_temp(path, data)
-        try:
             os.replace(tmp, path)
         except BaseException:
             _silent_unlink(tmp)
             raise
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         return
 
     def attempt(_i: int) -> None:

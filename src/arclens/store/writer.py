@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from arclens._version import __version__
 from arclens.crashpoints import crash_point
+from arclens.data.atomic import fsync_dir, temp_file_beside
 from arclens.errors import RunFailed, UserError
 from arclens.store import fs as fsx
 from arclens.store.format import (
@@ -59,6 +61,10 @@ SAMPLE_FIELDS = ("key", "task_id", "test_index", "augmentation", "prompt_tokens"
 # core's worth of work per shard. Publishing in a small pool lets the next shard fill (and other
 # shards hash and upload) meanwhile, so the stage that feeds the writer is not held up by one shard.
 DEFAULT_PUBLISH_THREADS = 2
+
+
+class CommitRefused(RunFailed):
+    """The commit guard said no: this writer may no longer commit (its claim was lost)."""
 
 
 @dataclass
@@ -135,6 +141,11 @@ class StoreWriter:
     concurrent writers: give every process its own ``writer`` name. A writer name must not be used
     by two processes at once; a collision is detected at commit time (create-only index), never
     silently merged.
+
+    ``commit_guard``: called right before each index file (the commit) is created, after its shard
+    is published; False means "this writer may no longer commit" (a worker's claim was lost): the
+    shard stays invisible and ``CommitRefused`` is raised (by ``add``/``flush``, like any
+    publishing failure). ``abandon`` then drops everything uncommitted.
     """
 
     def __init__(
@@ -150,8 +161,10 @@ class StoreWriter:
         max_samples_per_shard: int = MAX_SAMPLES_PER_SHARD,
         spool_dir: str | None = None,
         publish_threads: int | None = None,
+        commit_guard: Callable[[], bool] | None = None,
     ):
         self.dest = dest
+        self.commit_guard = commit_guard
         self.writer = check_writer_name(writer)
         self.shard_bytes = int(shard_bytes)
         self.max_samples = int(max_samples_per_shard)
@@ -357,13 +370,19 @@ class StoreWriter:
         keys = tuple(s["key"] for s in job.samples)
         entry = IndexEntry(job.stem + ".json", shard_rel, sha, size, job.n_tokens, keys)
         try:
-            fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()))
+            fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()),
+                            just_before=lambda: self._check_guard(index_rel))
         except FileExistsError:
             raise self._name_collision(index_rel) from None
         commit = Commit(index_rel, shard_rel, sha, size, job.n_tokens, keys)
         log.info("committed %s: %d samples, %d tokens, %.1f MB in %.2fs", shard_rel, len(keys),
                  job.n_tokens, size / 1e6, time.perf_counter() - t0)
         return commit
+
+    def _check_guard(self, index_rel: str) -> None:
+        # Called by create_only as late as the backend allows (locally: right before the link).
+        if self.commit_guard is not None and not self.commit_guard():
+            raise CommitRefused(f"{self.dest}/{index_rel}: not committed, the writer's claim is lost")
 
     def _name_collision(self, rel: str) -> RunFailed:
         return RunFailed(
@@ -384,21 +403,18 @@ class StoreWriter:
     def _publish_shard(self, shard_rel: str, meta: dict[str, str], chunks: dict[str, list[np.ndarray]]) -> tuple[int, str]:
         final = fsx.join(self.root, shard_rel)
         if self._local:
-            folder = os.path.dirname(final)
-            os.makedirs(folder, exist_ok=True)
-            spool_dir = folder  # same folder: os.replace publishes without copying
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            spool = None  # beside the shard: a hard link publishes it without copying
         else:
-            spool_dir = self._spool_dir
-        fd, tmp = tempfile.mkstemp(prefix=".spool-", suffix=".safetensors", dir=spool_dir)
+            spool = self._spool_dir or tempfile.gettempdir()
+        tmp = None
         try:
             try:
-                with os.fdopen(fd, "wb") as f:
+                with temp_file_beside(final, "wb", folder=spool) as (f, tmp):
                     size, sha = write_shard(f, chunks, self._dtypes, meta)
-                    f.flush()
-                    os.fsync(f.fileno())
             except OSError as err:
                 if err.filename is None:  # a full disk says which disk: name the file being written
-                    err.filename = final if self._local else tmp
+                    err.filename = final if self._local else (tmp or spool)
                 raise
             if self._local:
                 # Never over another file: a shard of this name exists only if another live
@@ -408,14 +424,15 @@ class StoreWriter:
                     fsx.link_exclusive(tmp, final)
                 except FileExistsError:
                     raise self._name_collision(shard_rel) from None
-                fsx._fsync_dir(os.path.dirname(final))
+                fsync_dir(os.path.dirname(final))
             else:
                 try:
                     fsx.upload_exclusive(self.fs, tmp, final)
                 except FileExistsError:
                     raise self._name_collision(shard_rel) from None
         finally:
-            fsx._silent_unlink(tmp)
+            if tmp is not None:
+                fsx._silent_unlink(tmp)
         return size, sha
 
     def close(self) -> Commit | None:
@@ -425,6 +442,17 @@ class StoreWriter:
             if self._pool is not None and not self._failed:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+    def abandon(self) -> None:
+        """Drop every sample not committed yet (the buffer, shards that failed or were refused)
+        after the shards in flight have ended; a resumed run extracts them again."""
+        with self._lock:
+            self._reset_buffer()
+        self._wait_all()
+        self._failed, self._error = [], None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self):
         return self
@@ -436,6 +464,4 @@ class StoreWriter:
         if exc_type is None:
             self.close()
         else:
-            with self._lock:
-                self._reset_buffer()
-            self._wait_all()
+            self.abandon()
