@@ -28,6 +28,11 @@ def _module_of(path: Path) -> str:
     return ".".join(parts)
 
 
+def _is_module(module: str) -> bool:
+    rel = Path(*module.split(".")[1:])
+    return (SRC / rel).is_dir() or (SRC / rel).with_suffix(".py").is_file()
+
+
 def _imports(path: Path) -> set[str]:
     """Every arclens module this file imports (relative imports resolved)."""
     module = _module_of(path)
@@ -42,7 +47,8 @@ def _imports(path: Path) -> set[str]:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*up, *([base] if base else [])])
             found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # `from arclens import store` names a package
+            # `from arclens import store` imports a package; `from arclens import __version__` a name
+            found |= {f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")}
     return {m for m in found if m == "arclens" or m.startswith("arclens.")}
 
 

@@ -25,10 +25,15 @@ COMMANDS = {
     "extract": "arclens.pipeline.extract:main",
     "infer": "arclens.pipeline.infer:main",
     "score": "arclens.pipeline.score:main",
+    "eval-sae": "arclens.pipeline.eval_sae:main",
     "inspect": "arclens.store.commands:inspect",
     "verify": "arclens.store.commands:verify",
     "export-pickle": "arclens.store.commands:export_pickle",
     "random-model": "arclens.model.random_checkpoint:main",
+    "train-sae": "arclens.pipeline.train_sae:main",
+    "features": "arclens.features.commands:features",
+    "toy-model": "arclens.pipeline.toy_model:main",
+    "dashboard": "arclens.features.dashboard.build:main",
 }
 
 
@@ -145,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solutions", required=True, help="solutions file, or a built-in set with outputs")
     p.add_argument("--per-task", action="store_true", help="print a line per task")
 
+    p = sub.add_parser("eval-sae", help="CE, KL and loss recovered with an SAE spliced in, on arc24 training prompts")
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens v6 layout: cfg.json + sae_weights.safetensors)")
+    p.add_argument("--model", required=True)
+    _add_task_options(p)
+    p.add_argument("--out", required=True, help="results .json")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--tokens-per-batch", type=int, default=None, help="token budget per device batch")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="skip the check that the SAE's model_name names --model (same weights, another name)")
+    _add_prompt_options(p)
+
     p = sub.add_parser("inspect", help="summary of an activation store")
     p.add_argument("dest")
 
@@ -155,11 +171,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.add_argument("out")
 
+    p = sub.add_parser("features", help="per-latent statistics of an SAE by ARC grid role -> FDIR (docs/FEATURES.md)")
+    p.add_argument("--sae", required=True, help="SAE folder (SAELens v6 layout); its hook must be in the source")
+    p.add_argument("--store", default=None, help="activation store (local path or fsspec URL) to read")
+    p.add_argument("--model", default=None, help="the model source; with --store: the model for token strings and logits")
+    p.add_argument("--tasks", default=None, help="the model source's tasks; with --store: the store's tasks (default: its metadata)")
+    p.add_argument("--solutions", default=None, help="Kaggle *_solutions.json for a *_challenges.json")
+    p.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks (model source)")
+    p.add_argument("--out", required=True, help="output folder (FDIR), written whole")
+    p.add_argument("--top-k", type=int, default=32, help="top activating tokens kept per latent")
+    p.add_argument("--quantiles", type=int, default=10, help="equal-width activation intervals per power of two")
+    p.add_argument("--quantile-examples", type=int, default=5, help="random examples per interval")
+    p.add_argument("--context", type=int, default=8, help="tokens each side of an example")
+    p.add_argument("--logits", type=int, default=10, help="tokens promoted and suppressed per latent (0: none)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per device batch")
+    p.add_argument("--png", type=int, nargs="+", default=None, metavar="LATENT",
+                   help="also draw these latents' top examples as ARC grids: FDIR/figures/latent-L.png")
+    p.add_argument("--png-dir", default=None, help="folder for the --png figures (default FDIR/figures)")
+    _add_prompt_options(p)
+
+    p = sub.add_parser("dashboard", help="static site of a features folder (opens from disk, no server)")
+    p.add_argument("fdir", help="a folder written by `arclens features`")
+    p.add_argument("--out", required=True, help="site folder (SITE/index.html), written whole")
+
+    p = sub.add_parser("train-sae", help="train SAEs or a transcoder on a store's activations (docs/SAE.md)")
+    p.add_argument("--store", default=None, help="activation store to train on (local path or fsspec URL)")
+    p.add_argument("--out", required=True, help="output folder: one SAELens-format folder per SAE, plus checkpoints/")
+    p.add_argument("--hooks", nargs="+", default=None, help="an SAE per hook, e.g. blocks.12.hook_resid_post")
+    p.add_argument("--hook-in", default=None, help="a transcoder's input hook (with --hook-out)")
+    p.add_argument("--hook-out", default=None, help="a transcoder's output hook")
+    p.add_argument("--arch", choices=["topk", "batchtopk", "jumprelu", "relu"], default="topk")
+    p.add_argument("--d-sae", type=int, nargs="+", default=None, help="latents (several: a width sweep)")
+    p.add_argument("--expansion", type=float, nargs="+", default=None, help="latents as a multiple of the width (default 8)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="active latents, topk/batchtopk (several: a sweep; default 32)")
+    p.add_argument("--l0-coef", type=float, default=None, help="jumprelu L0 penalty (default 1.0)")
+    p.add_argument("--l1-coef", type=float, default=None, help="relu L1 penalty on z * ||W_dec|| (default 1.0)")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: one pass over the store)")
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2.5e-3 / sqrt(d_sae / 2^14))")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="activations as fed to the SAEs (parameters are always float32)")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after the run")
+    p.add_argument("--metrics-every", type=int, default=None, help="steps between metrics.jsonl lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    g = p.add_argument_group("recipe (each default is the recipe; docs/SAE.md)")
+    g.add_argument("--decoder-norm", choices=["unit", "free"], default=None,
+                   help="unit-norm decoder rows after every step (default; free for relu)")
+    g.add_argument("--no-tied-init", action="store_true", help="do not start the encoder as the decoder's transpose")
+    g.add_argument("--b-dec-init", choices=["median", "mean", "zeros"], default="median")
+    g.add_argument("--no-input-scaling", action="store_true", help="train on raw activations (no E||x||^2 = d scaling)")
+    g.add_argument("--aux-k", type=int, default=None, help="AuxK latents per token (default d_in / 2)")
+    g.add_argument("--aux-coef", type=float, default=None, help="AuxK coefficient (default 1/32)")
+    g.add_argument("--dead-window", type=int, default=None, help="tokens without firing before a latent is dead")
+    g.add_argument("--warmup-steps", type=int, default=None, help="learning-rate warmup (default 2%% of steps, <= 1000)")
+    g.add_argument("--decay-fraction", type=float, default=None, help="share of steps for the lr decay to 0 (0.2)")
+    g.add_argument("--sparsity-warmup-fraction", type=float, default=None, help="L0/L1 coefficient warmup (0.05)")
+    g.add_argument("--bandwidth", type=float, default=None, help="jumprelu straight-through kernel width (0.05)")
+    g.add_argument("--init-threshold", type=float, default=None, help="jumprelu initial threshold (0.1)")
+    g.add_argument("--batchtopk-candidates", type=int, default=None, help="batchtopk per-token candidates / k (4)")
+    g = p.add_argument_group("scale-out")
+    g.add_argument("--mesh", default=None, help="DATA,MODEL device mesh; latents split over MODEL")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 for jax.distributed")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+
     p = sub.add_parser("random-model", help="write a RANDOM-weight Qwen2 checkpoint with a tokenizer")
     p.add_argument("dir")
     p.add_argument("--preset", choices=["tiny", "0.5b", "1.5b", "7b"], default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+
+    p = sub.add_parser("toy-model", help="train a TOY tiny Qwen2 on arc24 training prompts (CPU minutes)")
+    p.add_argument("dir")
+    _add_task_options(p)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per step")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--warmup", type=int, default=20, help="warm-up steps of the cosine schedule")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, augmentations and batch order")
+    p.add_argument("--max-prompt-tokens", type=int, default=1024, help="leave out longer prompts")
+    p.add_argument("--prompt-version", default=DEFAULT_PROMPT_VERSION)
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="arc24 encoder expression (parsed, never eval'd)")
+    p.add_argument("--predictions-per-task", type=int, default=8, help="augmentations of each task")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--eval-tasks", default="arc-agi-1/evaluation", help="held-out tasks for the loss; none: skip")
+    p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts (within --max-prompt-tokens)")
     return parser
 
 

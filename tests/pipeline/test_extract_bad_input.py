@@ -96,7 +96,7 @@ def test_existing_store_with_other_settings(tiny_model_dir, tasks, tmp_path, cap
     ({"ARCLENS_NUM_WORKERS": "2"}, ["--num-workers"]),  # it used to switch worker mode on, silently
     ({"ARCLENS_PROCESS_ID": "one"}, ["ARCLENS_PROCESS_ID='one'", "integer"]),
     ({"ARCLENS_STORAGE_OPTIONS": "{not json"}, ["ARCLENS_STORAGE_OPTIONS", "JSON"]),
-    ({"ARCLENS_TEST_CRASH_AT": "nowhere"}, ["ARCLENS_TEST_CRASH_AT", "not a crash point"]),
+    ({"ARCLENS_TEST_CRASH_AT": "shard-written:x"}, ["ARCLENS_TEST_CRASH_AT", "NAME[:N][=SIG]"]),
 ])
 def test_a_bad_deployment_variable_is_one_line_before_anything_is_written(tiny_model_dir, tasks, tmp_path, capsys,
                                                                           monkeypatch, env, words):

@@ -202,3 +202,15 @@ def _merge_contiguous(parts: list[tuple[slice, np.ndarray]]) -> list[tuple[slice
         else:
             merged.append((rows, data))
     return merged
+
+
+def barrier(name: str, runtime: Runtime | None = None) -> None:
+    """Block until every process reaches ``barrier(name)`` (a device-level sync, for code whose
+    collectives it orders: the SAE trainer's checkpoints); free with one process. Agreement that
+    must not wait for the device queue goes through distributed/coordination.py instead."""
+    import jax
+
+    if (runtime.num_processes if runtime else jax.process_count()) > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -25,6 +25,9 @@ Layout of one batch (B rows, cache length S = longest prompt + max_new_tokens, r
 - **captures** (optional): the hooks of SPEC section 1 at the position that produced each
   generated token (the last prompt token for the first one, then each fed token) -- the state
   of the model while it writes that token.
+- **edits** (optional, model/edits.py): applied in the prefill and at every decode step, so the
+  cache holds the edited model's keys and values (as transformers with a replacement forward
+  hook). A generated token is part of the answer (``answer()`` selects it) and no known grid cell.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 from arclens.model import qwen
 from arclens.model.attention import attend_xla
 from arclens.model.config import QwenConfig
+from arclens.model.edits import EditRunner, PromptRoles, TokenRoles, batch_roles, normalize_edits
 from arclens.model.hooks import HOOK_KINDS, Hook
 from arclens.model.params import Params
 
@@ -106,7 +110,8 @@ def tokenizer_fence_tables(tokenizer, vocab_size: int) -> tuple[np.ndarray, np.n
 # The decode step: one token per row against the cache.
 
 
-def _decode_layers(params: Params, config: QwenConfig, caches, tokens, pos, hooks: tuple[Hook, ...]):
+def _decode_layers(params: Params, config: QwenConfig, caches, tokens, pos, hooks: tuple[Hook, ...],
+                   edits=None, n_train=None, answer_start=None):
     """Feed ``tokens`` [B] at positions ``pos`` [B] through the model package's own decoder
     layers. Returns (float32 logits [B, V], updated caches, {hook name: [B, D]})."""
     want = {(h.layer, h.kind): h.name for h in hooks}
@@ -114,6 +119,10 @@ def _decode_layers(params: Params, config: QwenConfig, caches, tokens, pos, hook
     qpos = pos[:, None]  # [B, 1]
     cos, sin = qwen.rope(qpos, config, params.embed.dtype)
     x = qwen.embed(params, tokens[:, None])  # [B, 1, D]
+    runner = None
+    if edits:  # a generated token: part of the answer, not a known grid cell
+        off = jnp.full(qpos.shape, -1, jnp.int32)
+        runner = EditRunner(edits, qpos, TokenRoles(off, off, off, n_train, answer_start))
     caps, new_caches = {}, []
     for i, layer in enumerate(params.layers):
         ck, cv = caches[i]
@@ -124,7 +133,7 @@ def _decode_layers(params: Params, config: QwenConfig, caches, tokens, pos, hook
             cv = cv.at[rows, pos].set(v[:, 0].astype(cv.dtype))
             return attend_xla(q, ck, cv, qpos, pos + 1), (ck, cv)
 
-        x, acts, cache = qwen.decoder_layer(layer, x, cos, sin, config, attend)
+        x, acts, cache = qwen.decoder_layer(layer, x, cos, sin, config, attend, runner.tap(i) if runner else None)
         new_caches.append(cache)
         for kind in HOOK_KINDS:
             if (i, kind) in want:
@@ -147,6 +156,8 @@ class _State:
     fence_state: jax.Array  # int32 [B] current ``` run length mod 3
     fences_left: jax.Array  # int32 [B] fences still to see before the answer ends
     stop: jax.Array  # int32 [B] 0 running, 1 eos, 2 fence, 3 length
+    n_train: jax.Array  # int32 [B] roles for edits' token filters (model/edits.py TokenRoles)
+    answer_start: jax.Array  # int32 [B]
 
 
 _STOP_NAMES = {1: STOP_EOS, 2: STOP_FENCE, 3: STOP_LENGTH}
@@ -168,9 +179,10 @@ def _choose(logits, state_fence, fences_left, n_gen, eos, fence_count, fence_nex
     return tok, lp, state_fence, fences_left, n_gen, stop
 
 
-def _step(params, config, hooks, max_new, eos, fence_count, fence_next, st: _State):
+def _step(params, config, hooks, max_new, eos, fence_count, fence_next, st: _State, edits=None):
     """One decode step for every row; finished rows compute but change nothing."""
-    logits, caches, caps = _decode_layers(params, config, st.caches, st.tokens, st.pos, hooks)
+    logits, caches, caps = _decode_layers(params, config, st.caches, st.tokens, st.pos, hooks, edits, st.n_train,
+                                          st.answer_start)
     tok, lp, fs, fl, n_gen, stop = _choose(
         logits, st.fence_state, st.fences_left, st.n_gen, eos, fence_count, fence_next, max_new
     )
@@ -184,12 +196,14 @@ def _step(params, config, hooks, max_new, eos, fence_count, fence_next, st: _Sta
         fence_state=jnp.where(live, fs, st.fence_state),
         fences_left=jnp.where(live, fl, st.fences_left),
         stop=jnp.where(live, stop, st.stop),
+        n_train=st.n_train,
+        answer_start=st.answer_start,
     )
     return new, tok, lp, live, caps
 
 
 @partial(jax.jit, static_argnames=("config", "hooks", "chunk"), donate_argnums=(1,))
-def _decode_chunk(params, st: _State, eos, fence_count, fence_next, max_new, *, config, hooks, chunk):
+def _decode_chunk(params, st: _State, eos, fence_count, fence_next, max_new, edits=None, *, config, hooks, chunk):
     """Up to ``chunk`` steps in a while_loop that stops early once every row is done.
     Returns (state, tokens [B, chunk], logprobs [B, chunk], live [B, chunk], captures, steps)."""
     b = st.tokens.shape[0]
@@ -206,7 +220,7 @@ def _decode_chunk(params, st: _State, eos, fence_count, fence_next, max_new, *, 
 
     def body(carry):
         i, st, out_tok, out_lp, out_live, out_caps = carry
-        st, tok, lp, live, caps = _step(params, config, hooks, max_new, eos, fence_count, fence_next, st)
+        st, tok, lp, live, caps = _step(params, config, hooks, max_new, eos, fence_count, fence_next, st, edits)
         out_tok = out_tok.at[:, i].set(tok)
         out_lp = out_lp.at[:, i].set(lp)
         out_live = out_live.at[:, i].set(live)
@@ -228,11 +242,12 @@ def _gather_rows(st: _State, idx):
 # Prefill: the model package's forward pass, asked for keys/values.
 
 
-def _prefill(params, config, tokens, lengths, hooks, cache_len):
+def _prefill(params, config, tokens, lengths, hooks, cache_len, edits=None, roles=None):
     """Run the prompts through ``qwen.forward`` (asked for every layer's k, v), build the
     caches, and return (caches, float32 logits [B, V] at len-1, {hook: [B, D]} at len-1)."""
     last = Hook(config.num_hidden_layers - 1, "resid_post")
-    out = qwen.forward(params, config, tokens, lengths, hooks=tuple(sorted(set(hooks) | {last})), return_kv=True)
+    out = qwen.forward(params, config, tokens, lengths, hooks=tuple(sorted(set(hooks) | {last})), return_kv=True,
+                       edits=edits, roles=roles)
     b, t = tokens.shape
     rows, at = jnp.arange(b), lengths - 1
     # Only B positions go through the head: [B, T, V] logits would not fit for real vocabularies.
@@ -285,17 +300,25 @@ def generate(
     length_bucket: int = 64,
     compact: bool = True,
     stats: GenerateStats | None = None,
+    edits=None,
+    roles: Sequence[PromptRoles | None] | None = None,
 ) -> Iterator[tuple[int, Generation]]:
     """Greedy-generate for every prompt; yields ``(index into prompts, Generation)`` as batches
     finish (prompts are batched longest first, so the order differs from ``prompts``).
 
     ``fences_needed[i]``: how many ``` runs end prompt i's answer (2 when the answer opens and
     closes its own code block); used only when ``stop`` has fence tables.
+    ``edits``: ``{hook: Edit}`` applied in the prefill and every decode step (model/edits.py);
+    ``roles[i]``: prompt i's token roles for edits that filter by them (default: no cells, and the
+    answer is what is generated).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
     stats = stats if stats is not None else GenerateStats()
     hooks = tuple(sorted(set(hooks)))
+    edits = normalize_edits(edits, config.n_layers) or None
+    if roles is not None and len(roles) != len(prompts):
+        raise ValueError(f"roles: {len(roles)} entries for {len(prompts)} prompts")
     eos = jnp.asarray(np.asarray(stop.eos_ids, np.int32).reshape(-1))
     use_fence = stop.fence_count is not None
     fc = jnp.asarray(stop.fence_count) if use_fence else None
@@ -310,11 +333,12 @@ def generate(
         yield from _generate_batch(
             params, config, [prompts[i] for i in idx], idx, needed[idx], max_new_tokens, batch_size,
             eos, fc, fn, hooks, chunk, pad_id, length_bucket, compact, stats,
+            edits, None if roles is None else [roles[i] for i in idx],
         )
 
 
 def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, eos, fc, fn, hooks, chunk,
-                    pad_id, length_bucket, compact, stats):
+                    pad_id, length_bucket, compact, stats, edits=None, roles=None):
     n = len(prompts)
     # A short (last) batch is padded to a power of two: the shapes compaction compiles anyway.
     b = min(batch_size, _pow2(n))
@@ -331,9 +355,16 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
     t0 = time.perf_counter()
     left0 = np.pad(needed, (0, b - n), constant_values=2).astype(np.int32)
     padding = np.arange(b) >= n
+    batch_roles_ = None
+    if edits:  # without roles: no cells, and the answer starts after the prompt
+        given = roles if roles is not None else [None] * n
+        batch_roles_ = batch_roles([
+            r if r is not None else PromptRoles(np.full(len(p), -1), np.full(len(p), -1), np.full(len(p), -1), 0,
+                                                len(p))
+            for r, p in zip(given, prompts, strict=True)], b, t)
     st, tok, lp, pre_caps = _start(
         params, jnp.asarray(tokens), jnp.asarray(lengths), eos, fc, fn, jnp.asarray(left0), jnp.int32(max_new),
-        jnp.asarray(padding), config=config, hooks=hooks, cache_len=cache_len,
+        jnp.asarray(padding), edits, batch_roles_, config=config, hooks=hooks, cache_len=cache_len,
     )
     # Host-side record per original row: lists of tokens / logprobs / captures.
     out_tok = [[int(x)] for x in np.asarray(tok)[:n]]
@@ -361,7 +392,7 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
             rows = rows[keep]
             stats.compactions += 1
         st, ct, clp, clive, ccaps, steps = _decode_chunk(
-            params, st, eos, fc, fn, max_new_arr, config=config, hooks=hooks, chunk=chunk
+            params, st, eos, fc, fn, max_new_arr, edits, config=config, hooks=hooks, chunk=chunk
         )
         steps = int(steps)
         ct, clp, clive = np.asarray(ct)[:, :steps], np.asarray(clp)[:, :steps], np.asarray(clive)[:, :steps]
@@ -392,13 +423,16 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
 
 
 @partial(jax.jit, static_argnames=("config", "hooks", "cache_len"))
-def _start(params, tokens, lengths, eos, fc, fn, fences_left, max_new, padding, *, config, hooks, cache_len):
+def _start(params, tokens, lengths, eos, fc, fn, fences_left, max_new, padding, edits=None, roles=None, *, config,
+           hooks, cache_len):
     """Prefill and the first token, in one compiled call: the decode state, first tokens,
     their log-probabilities and the captures at each prompt's last position."""
-    caches, logits, caps = _prefill(params, config, tokens, lengths, hooks, cache_len)
+    caches, logits, caps = _prefill(params, config, tokens, lengths, hooks, cache_len, edits, roles)
     b = tokens.shape[0]
     zero = jnp.zeros(b, jnp.int32)
     tok, lp, fs, fl, n_gen, stop = _choose(logits, zero, fences_left, zero, eos, fc, fn, max_new)
+    n_train = zero if roles is None else roles.n_train
+    answer_start = lengths if roles is None else roles.answer_start
     st = _State(caches=caches, tokens=tok, pos=lengths, n_gen=n_gen, done=(stop > 0) | padding,
-                fence_state=fs, fences_left=fl, stop=stop)
+                fence_state=fs, fences_left=fl, stop=stop, n_train=n_train, answer_start=answer_start)
     return st, tok, lp, caps

@@ -67,13 +67,22 @@ def resolve_model(name_or_path: str | Path) -> Path:
         raise UserError(f"--model {s}: cannot fetch from the hub ({type(e).__name__}: {e})") from None
 
 
+def _config_label(model_path: str | Path, key: str) -> bool:
+    try:
+        return bool(json.loads((Path(model_path) / "config.json").read_text()).get(key, False))
+    except (OSError, ValueError):
+        return False
+
+
 def is_random_checkpoint(model_path: str | Path) -> bool:
     """True for a checkpoint written by `arclens random-model` (its config.json says so), so that a
     store of random activations is labelled as such wherever it goes."""
-    try:
-        return bool(json.loads((Path(model_path) / "config.json").read_text()).get("arclens_random", False))
-    except (OSError, ValueError):
-        return False
+    return _config_label(model_path, "arclens_random")
+
+
+def is_toy_checkpoint(model_path: str | Path) -> bool:
+    """True for a checkpoint trained by `arclens toy-model` (config.json's ``arclens_toy``)."""
+    return _config_label(model_path, "arclens_toy")
 
 
 class Checkpoint:
@@ -254,3 +263,10 @@ def load_params(
             final_norm=load(top["final_norm"]),
             lm_head=load(top["lm_head"]) if "lm_head" in top else None,
         )
+
+
+def load_model(name_or_path: str, dtype=jnp.bfloat16, mesh=None, sharding_rules=None):
+    """``resolve_model`` + ``QwenConfig.from_pretrained`` + ``load_params`` -> (path, config, params)."""
+    path = resolve_model(name_or_path)
+    config = QwenConfig.from_pretrained(path)
+    return path, config, load_params(path, config, dtype, sharding_rules=sharding_rules, mesh=mesh)

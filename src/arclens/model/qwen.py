@@ -12,12 +12,13 @@ transformers' ``modeling_qwen2.py`` (checked in docs/CORRECTNESS.md):
 
 The compute dtype is the dtype of the parameters (``load_params(..., dtype=...)``).
 The layer loop is an unrolled Python loop: captures at arbitrary layers stay trivial, and the
-loop stops after the deepest layer anyone asked for.
+loop stops after the deepest layer anyone asked for. Edits (model/edits.py) replace values at the
+same points: ``decoder_layer`` hands each hook's value to a ``tap`` and goes on with what it returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import numpy as np
 from arclens.errors import UserError
 from arclens.model.attention import resolve_impl, self_attention
 from arclens.model.config import QwenConfig
+from arclens.model.edits import Edit, EditRunner, TokenRoles, no_roles, normalize_edits
 from arclens.model.hooks import HOOK_KINDS, Hook, parse_hooks
 from arclens.model.params import Layer, Params
 
@@ -94,19 +96,34 @@ def mlp(layer: Layer, x: jax.Array) -> jax.Array:
 AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, object]]
 
 
+# tap(kind, value) -> the value the layer continues with (model/edits.py applies edits through it)
+TapFn = Callable[[str, jax.Array], jax.Array]
+
+
 def decoder_layer(layer: Layer, x: jax.Array, cos: jax.Array, sin: jax.Array, config: QwenConfig,
-                  attend: AttendFn):
+                  attend: AttendFn, tap: TapFn | None = None):
     """One Qwen2 decoder layer. Returns ``(resid_post, acts, aux)`` where ``acts`` maps every
     hook kind (``resid_pre`` ... ``resid_post``) to its ``[B, T, D]`` value and ``aux`` is what
     ``attend`` returned next to the attention output (prefill: the layer's k, v; decode: an
-    updated cache)."""
+    updated cache). ``tap``, when given, is called at each hook kind in order and returns the
+    value the layer goes on with (an edit point); ``acts`` holds those returned values."""
+    if tap is not None:
+        x = tap("resid_pre", x)
     h = rms_norm(x, layer.input_norm, config.rms_norm_eps)
     q, k, v = attention_qkv(layer, h, cos, sin)
     attn, aux = attend(q, k, v)
     attn_out = attention_out(layer, attn)
+    if tap is not None:
+        attn_out = tap("attn_out", attn_out)
     resid_mid = x + attn_out
+    if tap is not None:
+        resid_mid = tap("resid_mid", resid_mid)
     mlp_out = mlp(layer, rms_norm(resid_mid, layer.post_norm, config.rms_norm_eps))
+    if tap is not None:
+        mlp_out = tap("mlp_out", mlp_out)
     resid_post = resid_mid + mlp_out
+    if tap is not None:
+        resid_post = tap("resid_post", resid_post)
     acts = {"resid_pre": x, "attn_out": attn_out, "resid_mid": resid_mid, "mlp_out": mlp_out,
             "resid_post": resid_post}
     return resid_post, acts, aux
@@ -143,6 +160,8 @@ def forward(
     logits: bool = False,
     attn_impl: str = "auto",
     return_kv: bool = False,
+    edits: Mapping[str | Hook, Edit] | None = None,
+    roles: TokenRoles | None = None,
 ) -> dict:
     """Run a right-padded batch and return the requested captures.
 
@@ -151,10 +170,17 @@ def forward(
     ``"logits": [B, T, V]`` when ``logits``, plus ``"kv": ((k, v), ...)`` one pair per layer
     (``[B, T, Hkv, hd]``, after RoPE) when ``return_kv``. Values at padded positions are
     meaningless; real tokens never see padding. Layers past the deepest requested hook are not
-    computed unless logits or the KV pairs are asked for. Static for ``jax.jit``: config, hooks,
-    logits, attn_impl, return_kv.
+    computed unless logits or the KV pairs are asked for (an edit deeper than every output cannot
+    change any of them, so it is not applied). Static for ``jax.jit``: config, hooks, logits,
+    attn_impl, return_kv.
+
+    ``edits``: ``{hook: Edit}`` (model/edits.py), applied where the model computes each hook; a
+    capture at an edited hook reports the edited value. ``roles``: the batch's ARC token roles
+    for edits that filter by them (default: no grid cells, and no given token is the answer).
+    Both are pytrees of traced arrays: new weights of the same shapes reuse the compiled program.
     """
     hooks = _as_hooks(hooks, config.n_layers)
+    edits = normalize_edits(edits, config.n_layers)
     b, t = tokens.shape
     if lengths is None:
         lengths = jnp.full((b,), t, jnp.int32)
@@ -172,6 +198,9 @@ def forward(
     # Whatever id fills the padding (-1, vocab_size...), embed token 0 there: jnp.take would give
     # NaN for an out-of-range id, and 0 * NaN in the attention would reach real tokens.
     tokens = jnp.where(positions < lengths[:, None], tokens, 0)
+    runner = None
+    if edits:
+        runner = EditRunner(edits, positions, roles if roles is not None else no_roles(b, t, lengths))
 
     def attend(q, k, v):
         return self_attention(q, k, v, lengths, impl=impl), (k, v)
@@ -180,7 +209,8 @@ def forward(
     kv = []
     x = embed(params, tokens)
     for i in range(n_run):
-        x, acts, layer_kv = decoder_layer(params.layers[i], x, cos, sin, config, attend)
+        tap = runner.tap(i) if runner else None
+        x, acts, layer_kv = decoder_layer(params.layers[i], x, cos, sin, config, attend, tap)
         for kind in wanted.get(i, ()):
             out[Hook(i, kind).name] = acts[kind]
         kv.append(layer_kv)
@@ -195,8 +225,11 @@ _forward_jit = jax.jit(forward, static_argnames=("config", "hooks", "logits", "a
 
 
 def forward_jit(params: Params, config: QwenConfig, tokens, lengths=None, *, hooks: Sequence[Hook | str] = (),
-                logits: bool = False, attn_impl: str = "auto", return_kv: bool = False) -> dict:
+                logits: bool = False, attn_impl: str = "auto", return_kv: bool = False,
+                edits: Mapping[str | Hook, Edit] | None = None, roles: TokenRoles | None = None) -> dict:
     """``jax.jit`` of ``forward``; hooks may be any sequence of Hooks or names (normalised to one
-    sorted tuple first, so equal requests share one compiled program)."""
+    sorted tuple first, so equal requests share one compiled program), edits any mapping of hooks
+    or names to Edits (their params are traced arguments)."""
     return _forward_jit(params, config, tokens, lengths, hooks=_as_hooks(tuple(hooks), config.n_layers),
-                        logits=logits, attn_impl=attn_impl, return_kv=return_kv)
+                        logits=logits, attn_impl=attn_impl, return_kv=return_kv,
+                        edits=normalize_edits(edits, config.n_layers) or None, roles=roles)

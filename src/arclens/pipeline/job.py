@@ -161,13 +161,14 @@ class ExtractJob:
 
     def metadata(self, tasks: Sequence[Task]) -> dict:
         """The store metadata of this job over ``tasks`` (SPEC.md section 3; store/metadata.py)."""
-        from arclens.model.loading import is_random_checkpoint
+        from arclens.model.loading import is_random_checkpoint, is_toy_checkpoint
         from arclens.store.metadata import model_section, tasks_section
 
         c = self.capture
         source = self.settings.store.tasks_source if self.settings.store is not None else ""
         model = model_section(c.model, c.config.to_json(), c.dtype, fingerprint=c.model_fingerprint,
-                              random_weights=is_random_checkpoint(c.model_path))
+                              random_weights=is_random_checkpoint(c.model_path),
+                              toy_weights=is_toy_checkpoint(c.model_path))
         return {"model": model, "hooks": [h.name for h in c.hooks], "dtype": c.dtype, "d_model": c.config.d_model,
                 "positions": c.positions, "prompt": c.prompt.to_json(),
                 "tasks": tasks_section(source, tasks, c.prompt.with_answer)}

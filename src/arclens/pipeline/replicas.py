@@ -21,7 +21,7 @@ class DeviceReplicas:
     A worker runs ``generate()`` under ``jax.default_device(its device)``: the numpy inputs and the
     small arrays generate() makes (EOS ids, fence tables, tokens, lengths, compaction indices) are
     created there, next to the replica, so every jitted call (``_start``, ``_decode_chunk``,
-    ``_decode_one``, ``_gather_rows``) runs on that device with nothing to move. Implicit transfers
+    ``_gather_rows``) runs on that device with nothing to move. Implicit transfers
     between devices are disallowed there (``jax.transfer_guard_device_to_device``): a stray array
     on another device is a placement bug and fails loudly instead of copying at every step. XLA
     releases the GIL while it runs, so the devices work at once."""

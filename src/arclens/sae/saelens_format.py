@@ -14,6 +14,16 @@ SAELens's architectures map onto ours (sae/model.py) like this:
 | ``topk`` | ``topk`` | ``rescale_acts_by_decoder_norm`` honoured |
 | ``transcoder`` | ``standard``, d_out | ReLU transcoder |
 | ``jumprelu_transcoder`` | ``jumprelu``, d_out | |
+| ``topk`` with ``metadata.hook_name_out`` | ``topk`` transcoder | see below |
+
+SAELens 6.54.12 has no TopK transcoder class. A TopK transcoder whose two hooks have the same
+width (every arclens hook is ``d_model`` wide) is saved as SAELens's ``topk`` with
+``apply_b_dec_to_input: false`` and the output hook in ``metadata.hook_name_out``: SAELens's
+``TopKSAE.encode``/``decode`` then compute exactly the transcoder's (``topk(x W_enc + b_enc)``,
+``z W_dec + b_dec``), which tests/sae/ checks. What SAELens does *not* know is that the output
+belongs at another hook: its ``forward``/splicing helpers would put the reconstruction back at
+``hook_name``. Use ``encode``/``decode`` (or arclens's own splice, which reads ``hook_name_out``).
+A TopK transcoder between hooks of different widths has no SAELens form and is refused.
 
 Anything else (gated, skip transcoders, hook_z reshaping, run-time layer norm ...) is refused with
 one line naming the field, rather than loaded into something that computes another function.
@@ -50,6 +60,8 @@ def saelens_architecture(cfg: SAEConfig) -> str:
     """The ``architecture`` string SAELens registers for ``cfg``."""
     if not cfg.is_transcoder:
         return cfg.architecture
+    if cfg.architecture == "topk" and cfg.d_in == cfg.d_out and not cfg.apply_b_dec_to_input:
+        return "topk"  # module doc: SAELens's TopKSAE computes a same-width TopK transcoder exactly
     names = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
     if cfg.architecture not in names:
         raise UserError(f"a {cfg.architecture} transcoder has no SAELens architecture "
@@ -93,7 +105,7 @@ def cfg_dict(cfg: SAEConfig, *, context_size: int | None = None, extra_metadata:
     if cfg.architecture == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
-    if cfg.is_transcoder:
+    if cfg.is_transcoder and out["architecture"] != "topk":
         out["d_out"] = cfg.d_out
     return out
 
@@ -130,6 +142,9 @@ def config_from_dict(d: dict, where: str = "cfg.json") -> SAEConfig:
         raise UserError(f"{where}: architecture {arch!r} is not supported (expected one of "
                         f"{', '.join(_FROM_SAELENS)})")
     ours, transcoder = _FROM_SAELENS[arch]
+    metadata_in = d.get("metadata") or {}
+    if arch == "topk" and metadata_in.get("hook_name_out") and d.get("apply_b_dec_to_input") is False:
+        transcoder = True  # a same-width TopK transcoder (module doc)
     for key in ("d_in", "d_sae", "dtype"):
         if key not in d:
             raise UserError(f"{where}: missing {key!r} (SAELens v6 cfg.json has architecture, d_in, d_sae, dtype)")

@@ -48,7 +48,9 @@ def inspect(args) -> int:
         ("format", f"{meta['format']} v{meta['version']}"),
         ("model", str(model.get("name", model) if isinstance(model, dict) else model)
          + (" [bold red](RANDOM WEIGHTS: arclens random-model)[/]"
-            if isinstance(model, dict) and model.get("random_weights") else "")),
+            if isinstance(model, dict) and model.get("random_weights") else "")
+         + (" [bold yellow](TOY MODEL: arclens toy-model)[/]"
+            if isinstance(model, dict) and model.get("toy_weights") else "")),
         ("hooks", ", ".join(store.hooks)),
         ("dtype / d_model", f"{meta['dtype']} / {store.d_model}"),
         ("positions", str(meta.get("positions"))),

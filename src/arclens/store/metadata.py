@@ -49,11 +49,14 @@ def tasks_fingerprint(tasks, with_answer: bool) -> str:
 
 
 def model_section(name: str, config: dict, dtype: str, *, fingerprint: str | None,
-                  random_weights: bool) -> dict:
+                  random_weights: bool, toy_weights: bool = False) -> dict:
     """``metadata["model"]``: ``name`` as given, the Qwen2 ``config`` fields, the compute ``dtype``,
-    whether the weights are random (`arclens random-model`), and the content ``fingerprint``
-    (model/fingerprint.py), an extension of SPEC's fields that resumes compare by."""
+    whether the weights are random (`arclens random-model`) or a toy model's (`arclens toy-model`;
+    the field only then, so stores of other models keep their metadata), and the content
+    ``fingerprint`` (model/fingerprint.py), an extension of SPEC's fields that resumes compare by."""
     model = {"name": name, "config": config, "dtype": dtype, "random_weights": bool(random_weights)}
+    if toy_weights:
+        model["toy_weights"] = True
     if fingerprint is not None:
         model[FINGERPRINT_FIELD] = fingerprint
     return model

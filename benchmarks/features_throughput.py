@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""What does `arclens features` cost beside a plain read of the same store? One run, same store.
+
+    PYTHONPATH=src python3 benchmarks/features_throughput.py [--dest DIR] [--tasks 40] [--d-model 256]
+        [--d-sae 2048] [--arch topk --k 32] [--batch-tokens 4096]
+
+The store holds real arc24 prompts (the first --tasks tasks of arc-agi-1/training, 8 augmentations
+each, answers shown, a random tiny model's byte-level tokenizer) with random bf16 activations of
+width --d-model, written once under --dest and reused by later runs of the same shape. The SAE
+is random (its statistics do not change the cost, its width and L0 do). Each row is one pass over
+every token:
+
+- ``Store.batches (plain read)``: the baseline, arclens's reader in stored order: what any
+  consumer of the store must at least pay.
+- ``features source``: the same tokens as features reads them, whole samples per batch, with every
+  token's roles looked up (colours, original cells) on the host.
+- ``+ device step``: plus the SAE encode and the per-latent reductions on the device, and the
+  firing pairs brought back to the host (features/device.py), with nothing folded in.
+- ``arclens features``: the whole command as `features.run` runs it (checks, the pass with the host
+  accumulating, and writing the FDIR; no model, so no logits).
+
+The page cache is warm (the store was just written or read). The goal (issue 15) is that the last
+row costs at most 1.5x the first. On a CPU the SAE encode alone dominates for any real width;
+the goal is meant for an accelerator, where the encode is cheap and the host work is what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+HOOK = "blocks.12.hook_resid_post"
+
+
+def build_store(dest: Path, n_tasks: int, d_model: int) -> None:
+    import ml_dtypes
+    import numpy as np
+
+    from arclens.data.loaders import load_tasks
+    from arclens.features.sources import tasks_fingerprint
+    from arclens.model.random_checkpoint import write_random_model
+    from arclens.prompts import PromptConfig, load_tokenizer, render_samples
+    from arclens.store.writer import StoreWriter, open_or_create_store
+
+    model = write_random_model(dest / "tiny-model", preset="tiny", seed=0)
+    tasks = load_tasks("arc-agi-1/training", max_tasks=n_tasks)
+    config = PromptConfig(predictions_per_task=8, with_answer=True)
+    tokenizer = load_tokenizer(str(model))
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((1 << 16, d_model), dtype=np.float32).astype(ml_dtypes.bfloat16)
+    meta = {"model": {"name": "synthetic-activations"}, "hooks": [HOOK], "dtype": "bfloat16", "d_model": d_model,
+            "positions": "all", "prompt": config.to_json(),
+            "tasks": {"source": "arc-agi-1/training", "count": len(tasks),
+                      "fingerprint": tasks_fingerprint(tasks, config.with_answer)}}
+    store = str(dest / "store")
+    open_or_create_store(store, meta)
+    with StoreWriter(store, "bench", shard_bytes=64 << 20) as w:
+        for i, s in enumerate(render_samples(tasks, tokenizer, config)):
+            n = len(s.token_ids)
+            start = (i * 7919) % (len(block) - n)
+            w.add({"key": s.key, "task_id": s.task_id, "test_index": s.test_index,
+                   "augmentation": s.augmentation.to_json(), "prompt_tokens": n},
+                  {HOOK: block[start:start + n], "position": np.arange(n, dtype=np.int32),
+                   "token_id": s.token_ids.astype(np.int32), "grid": s.grid, "row": s.row, "col": s.col})
+
+
+def random_sae(path: Path, d_model: int, d_sae: int, arch: str, k: int) -> None:
+    import numpy as np
+
+    from arclens.sae import SAEConfig, new_sae, save
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((d_model, d_sae)).astype(np.float32) / np.sqrt(d_model)
+    cfg = SAEConfig(arch, d_model, d_sae, d_model, k=k if arch == "topk" else None, hook_name=HOOK)
+    b_enc = np.zeros(d_sae, np.float32) if arch == "topk" else np.full(d_sae, -2.0, np.float32)
+    save(new_sae(cfg, w, b_enc, w.T.copy(), np.zeros(d_model, np.float32)), str(path))
+
+
+def plain_read(store, batch_tokens: int) -> int:
+    n = 0
+    for x in store.batches(HOOK, batch_size=batch_tokens, shuffle=False):
+        n += x.shape[0]
+    return n
+
+
+def source_pass(source, batch_tokens: int) -> int:
+    return sum(int(b.valid.sum()) for b in source.batches(batch_tokens))
+
+
+def device_pass(source, sae, batch_tokens: int) -> int:
+    import jax.numpy as jnp
+
+    from arclens.features.accumulate import Accumulator
+    from arclens.features.device import ROLE_FIELDS, batch_stats
+
+    acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=1, n_intervals=1, per_interval=1)
+    n = 0
+    for b in source.batches(batch_tokens):
+        z, stats = batch_stats(sae, jnp.asarray(b.x), jnp.asarray(b.valid), *(jnp.asarray(b.roles[f]) for f in ROLE_FIELDS))
+        acc.pairs(z, int(stats["n_fires"].sum()))
+        n += int(b.valid.sum())
+    return n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dest", default=os.path.join(tempfile.gettempdir(), "arclens-features-bench"))
+    ap.add_argument("--tasks", type=int, default=40, help="first N tasks of arc-agi-1/training (8 prompts each)")
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--d-sae", type=int, default=2048)
+    ap.add_argument("--arch", choices=["topk", "standard"], default="topk")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=2, help="passes per row; the best is reported")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import arclens
+    from arclens.features.run import FeaturesSettings, prepare_store, run
+
+    root = Path(args.dest) / f"{args.tasks}t-{args.d_model}d"
+    if not (root / "store" / "metadata.json").exists():
+        t0 = time.perf_counter()
+        build_store(root, args.tasks, args.d_model)
+        print(f"wrote {root / 'store'} in {time.perf_counter() - t0:.1f} s")
+    sae_dir = root / f"sae-{args.arch}-{args.d_sae}-k{args.k}"
+    random_sae(sae_dir, args.d_model, args.d_sae, args.arch, args.k)
+    store = arclens.open_store(str(root / "store"))
+    settings = FeaturesSettings(sae=str(sae_dir), out=root / "fdir", store=str(root / "store"),
+                                batch_tokens=args.batch_tokens, progress=False)
+    prepared = prepare_store(settings)
+    print(f"{store.n_tokens:,} tokens of {HOOK} (d_model {args.d_model}, bf16) in {store.n_samples} samples; "
+          f"SAE {args.arch} {args.d_model}->{args.d_sae}" + (f" k={args.k}" if args.arch == "topk" else "")
+          + f"; batches of {args.batch_tokens}; {os.cpu_count()} CPUs; page cache warm")
+
+    rows = [
+        ("Store.batches (plain read)", lambda: plain_read(store, args.batch_tokens)),
+        ("features source", lambda: source_pass(prepared.source, args.batch_tokens)),
+        ("+ device step", lambda: device_pass(prepared.source, prepared.sae, args.batch_tokens)),
+        ("arclens features", lambda: run(settings)["n_tokens"]),
+    ]
+    plain_read(store, args.batch_tokens)  # warm the page cache
+    device_pass(prepared.source, prepared.sae, args.batch_tokens)  # and compile every shape once
+    results = []
+    for name, fn in rows:
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            n = fn()
+            best = min(best, time.perf_counter() - t0)
+        if n != store.n_tokens:
+            raise SystemExit(f"{name}: {n} tokens, the store has {store.n_tokens}")
+        results.append({"run": name, "seconds": best, "tokens_per_s": n / best})
+    base = results[0]["seconds"]
+    print(f"{'run':<28} {'seconds':>8} {'tokens/s':>12} {'x read':>7}")
+    for r in results:
+        r["x_read"] = r["seconds"] / base
+        print(f"{r['run']:<28} {r['seconds']:>8.2f} {r['tokens_per_s']:>12,.0f} {r['x_read']:>6.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "n_tokens": store.n_tokens,
+                                               "cpus": os.cpu_count(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The `arclens features` entry: argparse namespace -> FeaturesSettings -> features.run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def settings_from_args(args):
+    from arclens.features.run import FeaturesSettings
+
+    prompt = None
+    if args.store is None:
+        from arclens.prompts import PromptConfig
+
+        prompt = PromptConfig.from_args(args)
+    return FeaturesSettings(
+        sae=args.sae, out=Path(args.out), store=args.store, model=args.model, tasks=args.tasks,
+        solutions=args.solutions, max_tasks=args.max_tasks, prompt=prompt, top_k=args.top_k,
+        quantiles=args.quantiles, quantile_examples=args.quantile_examples, context=args.context,
+        logits=args.logits, batch_tokens=args.batch_tokens,
+    )
+
+
+def features(args) -> int:
+    from arclens.errors import UserError
+    from arclens.features.run import run
+
+    if args.store is None and (args.model is None or args.tasks is None):
+        raise UserError("arclens features: give --store DEST, or --model MODEL --tasks SRC (the model source)")
+    png = getattr(args, "png", None)
+    if png and any(latent < 0 for latent in png):
+        raise UserError(f"--png: latents are numbered from 0, got {min(png)}")
+    summary = run(settings_from_args(args))
+    print(f"arclens features: {summary['d_sae']} latents over {summary['n_tokens']:,} tokens in "
+          f"{summary['seconds']:.1f} s -> {args.out}", file=sys.stderr)
+    if png:  # paper figures of these latents, drawn from the FDIR just written (features/figures.py)
+        from arclens.features.figures import write_figures
+
+        for path in write_figures(args.out, png, getattr(args, "png_dir", None)):
+            print(path)
+    return 0

@@ -1,0 +1,73 @@
+"""Augmentation consistency, streamed: for each latent, over the original cells it fires on at
+least once and that are seen under at least two augmentations, the mean share of those
+augmentations in which it fires on the cell (docs/FEATURES.md).
+
+A (task, test index) is one group: its samples are the augmentations. The firing (cell, latent)
+pairs of a group are kept until its last sample has been seen (the number of samples of every
+group is known up front), then reduced into two ``[F]`` sums and dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Consistency:
+    def __init__(self, d_sae: int, group_sizes: np.ndarray):
+        self.d_sae = d_sae
+        self.group_sizes = np.asarray(group_sizes, np.int64)
+        self.seen = np.zeros(len(self.group_sizes), np.int64)
+        self.fired: dict[int, list[np.ndarray]] = {}
+        self.cells: dict[int, list[np.ndarray]] = {}
+        self.share_sum = np.zeros(d_sae, np.float64)
+        self.n_cells = np.zeros(d_sae, np.int64)
+
+    def add_batch(self, batch, latent: np.ndarray, token: np.ndarray) -> None:
+        """The firing pairs of one batch (latent, token index; in token order), for every sample."""
+        bounds = np.searchsorted(token, [(s.start, s.end) for s in batch.samples]) if batch.samples else []
+        for s, (lo, hi) in zip(batch.samples, bounds):
+            tok = token[lo:hi]
+            cell = batch.cell[tok]
+            on_cell = cell >= 0
+            code = cell[on_cell] * self.d_sae + latent[lo:hi][on_cell]
+            if s.multi_token_cells:  # a cell shown as several tokens fires once per sample
+                code = np.unique(code)
+            self.add_sample(s.group, s.unique_cells, code)
+
+    def add_sample(self, group: int, cells: np.ndarray, fired: np.ndarray) -> None:
+        """`cells`: the original cells the sample shows; `fired`: cell * d_sae + latent, once each."""
+        self.fired.setdefault(group, []).append(fired)
+        self.cells.setdefault(group, []).append(cells)
+        self.seen[group] += 1
+        if self.seen[group] >= self.group_sizes[group]:
+            self._close(group)
+
+    def _close(self, group: int) -> None:
+        fired = np.concatenate(self.fired.pop(group))
+        cells = np.concatenate(self.cells.pop(group))
+        if not len(fired):
+            return
+        codes, k = counts_of(fired)
+        seen_cells, n = counts_of(cells)
+        cell, latent = np.divmod(codes, self.d_sae)
+        n_seen = n[np.searchsorted(seen_cells, cell)]
+        several = n_seen >= 2
+        self.share_sum += np.bincount(latent[several], weights=k[several] / n_seen[several], minlength=self.d_sae)
+        self.n_cells += np.bincount(latent[several], minlength=self.d_sae)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(consistency [F] with NaN where no cell qualifies, number of cells [F])."""
+        for group in list(self.fired):  # groups with samples the source never delivered
+            self._close(group)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where(self.n_cells > 0, self.share_sum / self.n_cells, np.nan)
+        return value, self.n_cells.copy()
+
+
+def counts_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_counts=True) by one sort (numpy's hash-based unique is slower here)."""
+    x = np.sort(x)
+    if not len(x):
+        return x, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
+    return x[starts], np.diff(np.r_[starts, len(x)])

@@ -1,0 +1,41 @@
+"""A fixed 64-bit hash of (sample key, position, latent): the deterministic "random" draw of the
+quantile examples (docs/FEATURES.md). It depends on the sample's key and position only, never on
+where the sample sits in a store, so the same samples give the same examples in any store.
+
+splitmix64's finaliser (Steele, Lea & Flood 2014), vectorised over numpy uint64 (which wraps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def key_hash(key: str) -> np.uint64:
+    return np.uint64(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little"))
+
+
+def token_hashes(key: str, positions: np.ndarray) -> np.ndarray:
+    """uint64 [n]: one per token of a sample."""
+    with np.errstate(over="ignore"):
+        return mix64(key_hash(key) ^ mix64(np.asarray(positions, np.uint64) + _GOLDEN))
+
+
+def latent_hashes(token_hash: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """int64 in [0, 2**63) for (token, latent) pairs: the sort key of the quantile draw."""
+    with np.errstate(over="ignore"):
+        h = mix64(np.asarray(token_hash, np.uint64) ^ (np.asarray(latent, np.uint64) * _GOLDEN))
+    return (h >> np.uint64(1)).astype(np.int64)

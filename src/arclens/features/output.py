@@ -1,0 +1,235 @@
+"""Writing an FDIR (docs/FEATURES.md): features.json, latents.safetensors, examples.jsonl and
+samples.jsonl, into a temporary folder that is renamed into place once complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from arclens.errors import UserError
+from arclens.features.accumulate import HIST_EDGES
+from arclens.features.cells import CELL_CODE_GRID, prompt_slots
+from arclens.features.layout import GRID_KINDS, MAX_SIDE, PROPERTIES, SHOWN_PROPERTIES
+from arclens.features.summary import (
+    base_rates,
+    best_properties,
+    coverage,
+    latent_arrays,
+    quantile_intervals,
+    thresholds,
+)
+
+FORMAT = "arclens-features"
+VERSION = 1
+FILES = ("features.json", "latents.safetensors", "examples.jsonl", "samples.jsonl")
+_POSITION_MASK = np.int64(0xFFFFFFFF)
+
+
+def f32(x) -> float | None:
+    """A float32 value in its shortest round-trip form; None for NaN (JSON has no NaN)."""
+    x = np.float32(x)
+    return None if np.isnan(x) else float(str(x))
+
+
+def f32_list(a) -> list:
+    a = np.asarray(a, np.float32)
+    return [None if s == "nan" else float(s) for s in a.astype(str).tolist()]
+
+
+def is_fdir(path: Path) -> bool:
+    try:
+        return json.loads((path / "features.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any work, an --out that exists and is neither empty nor an FDIR."""
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out}: exists and is not a folder")
+        if any(out.iterdir()) and not is_fdir(out):
+            raise UserError(f"--out {out}: a non-empty folder that arclens features did not write; "
+                            "choose another --out")
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable")
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` folder to `out`, replacing an earlier FDIR there."""
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _cells_json(record, offsets: np.ndarray, acts: np.ndarray) -> str:
+    """`cells` of an example as JSON text: [grid, row, col, activation] of every cell where the
+    latent fires, the largest activation over the cell's tokens (written straight from numpy:
+    this is most of the bytes of examples.jsonl)."""
+    cols = record.columns
+    on_cell = cols["grid"][offsets] >= 0
+    g, r, c = (cols[k][offsets[on_cell]].astype(np.int64) for k in ("grid", "row", "col"))
+    a = acts[on_cell]
+    if record.multi_token_cells and len(a):
+        code = g * CELL_CODE_GRID + r * MAX_SIDE + c
+        order = np.lexsort((-a, code))  # per cell, its largest activation first
+        first = order[np.r_[True, code[order][1:] != code[order][:-1]]]
+        g, r, c, a = g[first], r[first], c[first], a[first]
+    values = np.asarray(a, np.float32).astype(str)
+    return "[" + ",".join(f"[{x},{y},{z},{v}]" for x, y, z, v in zip(g.tolist(), r.tolist(), c.tolist(),
+                                                                   values.tolist())) + "]"
+
+
+def _example(acc, strings, context: int, latent: int, kind: str, rank: int, order: int, value: float,
+             keys: list[str], cells_cache: dict) -> tuple[dict, str]:
+    """An example line without its `cells`, and the `cells` as JSON text."""
+    key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
+    record = acc.captures.samples[key_rank]
+    code = key_rank * acc.d_sae + latent
+    offsets, acts = acc.captures.acts[code]
+    if code not in cells_cache:
+        cells_cache[code] = _cells_json(record, offsets, acts)
+    cols = record.columns
+    i = int(np.searchsorted(cols["position"], position))
+    grid, row, col = int(cols["grid"][i]), int(cols["row"][i]), int(cols["col"][i])
+    n = len(cols["position"])
+    lo, hi = max(0, i - context), min(n, i + context + 1)
+    dense = np.zeros(hi - lo, np.float32)
+    sel = (offsets >= lo) & (offsets < hi)
+    dense[offsets[sel] - lo] = acts[sel]
+    ids = cols["token_id"][lo:hi]
+    return {"latent": latent, "kind": kind, "rank": rank, "key": keys[key_rank], "position": position,
+            "activation": f32(value), "token": strings([cols["token_id"][i]])[0],
+            "cell": [grid, row, col] if grid >= 0 else None,
+            "context": {"first": int(cols["position"][lo]), "positions": cols["position"][lo:hi].tolist(),
+                        "token_ids": ids.tolist(), "tokens": strings(ids), "acts": f32_list(dense)}}, cells_cache[code]
+
+
+def examples(acc, strings, context: int, keys: list[str]) -> Iterator[tuple[str, str]]:
+    """(key, JSON line) of every example, by latent, top before quantile, then rank."""
+    tg, _, _, tk2, tv = acc.top.items()
+    dg, _, _, dk2, dv = acc.draws.items()
+    q = acc.n_intervals
+    d_lat, d_int = np.divmod(dg, q)
+    # quantile examples: intervals from the top, then draw order (the smallest hashes first)
+    d_order = np.lexsort((np.arange(len(dg)), -d_int, d_lat))
+    d_lat, d_int, dk2, dv = d_lat[d_order], d_int[d_order], dk2[d_order], dv[d_order]
+    t_bounds = np.searchsorted(tg, np.arange(acc.d_sae + 1))
+    d_bounds = np.searchsorted(d_lat, np.arange(acc.d_sae + 1))
+    intervals = quantile_intervals(acc)
+
+    def line(d: dict, cells: str) -> str:
+        text = json.dumps(d, allow_nan=False)
+        return f'{text[:-1]}, "cells": {cells}}}'
+
+    for f in range(acc.d_sae):
+        cache: dict[int, str] = {}  # (sample, latent) -> cells: examples of one latent share samples
+        for rank, j in enumerate(range(t_bounds[f], t_bounds[f + 1])):
+            d, cells = _example(acc, strings, context, f, "top", rank, int(tk2[j]), float(tv[j]), keys, cache)
+            yield d["key"], line(d, cells)
+        by_index = {iv["index"]: iv for iv in (intervals[f] or {}).get("intervals", [])}
+        for rank, j in enumerate(range(d_bounds[f], d_bounds[f + 1])):
+            d, cells = _example(acc, strings, context, f, "quantile", rank, int(dk2[j]), float(dv[j]), keys, cache)
+            iv = by_index[int(d_int[j])]
+            d["interval"] = {"index": iv["index"], "low": iv["low"], "high": iv["high"], "share": iv["share"]}
+            yield d["key"], line(d, cells)
+
+
+def sample_line(record, prompt: dict) -> dict:
+    info = record.info
+    n_train = len(info["augmentation"]["train_order"])
+    slots = prompt_slots(prompt["version"], n_train, bool(prompt.get("with_answer")))
+    return {"key": info["key"], "task_id": info["task_id"], "test_index": int(info["test_index"]),
+            "aug_index": int(info["key"].rsplit("/", 1)[1]), "augmentation": info["augmentation"],
+            "prompt_tokens": int(info.get("prompt_tokens", 0)),
+            "stored_tokens": int(info.get("stored_tokens", len(record.columns["position"]))),
+            "first_position": int(record.columns["position"][0]), "grids": record.cells.grids_json(slots)}
+
+
+def _row(f: int, arrays: dict, best, quantiles, logits, strings) -> dict:
+    def share(name, k):
+        v = arrays[name][f]
+        return None if np.isnan(v).any() else (f32_list(v) if k is None else dict(zip(k, f32_list(v))))
+
+    row = {"latent": f, "frequency": f32(arrays["frequency"][f]), "n_fires": int(arrays["n_fires"][f]),
+           "mean_act": f32(arrays["mean_act"][f]), "max_act": f32(arrays["max_act"][f]),
+           "cell_share": f32(arrays["cell_share"][f]), "grid_kind_share": share("grid_kind_share", GRID_KINDS),
+           "colour_share": share("colour_share", None), "shown_colour_share": share("shown_colour_share", None),
+           "row_share": share("row_share", None), "col_share": share("col_share", None),
+           "border_share": f32(arrays["border_share"][f]),
+           "role_specificity": f32(arrays["role_specificity"][f]),
+           "colour_specificity": f32(arrays["colour_specificity"][f]),
+           "shown_colour_specificity": f32(arrays["shown_colour_specificity"][f]),
+           "consistency": f32(arrays["consistency"][f]), "consistency_cells": int(arrays["consistency_cells"][f]),
+           "best_property": best[f], "quantiles": quantiles[f], "top_logits": None, "bottom_logits": None}
+    if logits is not None:
+        for side in ("top", "bottom"):
+            ids = logits[f"{side}_logit_ids"][f]
+            row[f"{side}_logits"] = [[s, v] for s, v in zip(strings(ids), f32_list(logits[f"{side}_logit_values"][f]))]
+    return row
+
+
+def write_fdir(out: Path, acc, *, header: dict, keys: list[str], prompt: dict, logits: dict | None,
+               strings, context: int) -> None:
+    """Write every file into FDIR.tmp-<pid>, then rename it to `out`."""
+    from safetensors.numpy import save_file
+
+    acc.sweep()
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        arrays = latent_arrays(acc)
+        cov, f1 = coverage(acc)
+        shown_cov, _ = coverage(acc, SHOWN_PROPERTIES)
+        cov["shown"] = {"properties": shown_cov["properties"], "mean": shown_cov["mean"],
+                        "threshold_index": shown_cov["threshold_index"]}
+        best = best_properties(f1, acc)
+        quantiles = quantile_intervals(acc)
+        referenced = set()
+        with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
+            for key, line in examples(acc, strings, context, keys):
+                referenced.add(key)
+                fh.write(line + "\n")
+        with open(tmp / "samples.jsonl", "w", encoding="utf-8") as fh:
+            for rank in sorted(acc.captures.samples):
+                if keys[rank] in referenced:
+                    fh.write(json.dumps(sample_line(acc.captures.samples[rank], prompt), allow_nan=False) + "\n")
+        tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        tensors["hist_edges"] = HIST_EDGES.copy()
+        tensors["coverage_f1"] = f1.max(axis=1).astype(np.float32)  # [F, P]: at each latent's best threshold
+        tensors["coverage_threshold"] = np.take_along_axis(  # [F, P]: that threshold
+            thresholds(acc), np.argmax(f1, axis=1), axis=1).astype(np.float32)
+        if logits is not None:
+            tensors.update(logits)
+        save_file(tensors, str(tmp / "latents.safetensors"),
+                  metadata={"format": FORMAT, "version": str(VERSION),
+                            "properties": json.dumps([p[0] for p in PROPERTIES])})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp / "latents.safetensors", 0o666 & ~umask)  # safetensors creates it private
+        doc = dict(header)
+        doc.update({"format": FORMAT, "version": VERSION,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "n_tokens": int(acc.n_tokens), "d_sae": int(acc.d_sae), "base_rates": base_rates(acc),
+                    "latents": [_row(f, arrays, best, quantiles, logits, strings) for f in range(acc.d_sae)],
+                    "coverage": cov})
+        (tmp / "features.json").write_text(json.dumps(doc, allow_nan=False), encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,204 @@
+"""`arclens features`: typed settings, the checks made before any work, and the one streaming pass."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from arclens.errors import UserError
+
+
+@dataclass(frozen=True)
+class FeaturesSettings:
+    sae: str
+    out: Path
+    store: str | None = None  # the store source; else the model source (model + tasks + prompt)
+    model: str | None = None
+    tasks: str | None = None
+    solutions: str | None = None
+    max_tasks: int | None = None
+    prompt: object | None = None  # prompts.PromptConfig, for the model source
+    top_k: int = 32
+    quantiles: int = 10
+    quantile_examples: int = 5
+    context: int = 8
+    logits: int = 10
+    batch_tokens: int = 4096
+    progress: bool = True
+
+    def check(self) -> None:
+        for flag, value, low in (("--top-k", self.top_k, 1), ("--quantiles", self.quantiles, 1),
+                                 ("--quantile-examples", self.quantile_examples, 1), ("--context", self.context, 0),
+                                 ("--logits", self.logits, 0), ("--batch-tokens", self.batch_tokens, 1)):
+            if value < low:
+                raise UserError(f"{flag}: expected a number >= {low}, got {value}")
+
+
+@dataclass
+class Prepared:
+    """Everything the pass needs, checked: nothing has been written yet."""
+
+    sae: object
+    source: object
+    header: dict
+    prompt: dict
+    model_path: Path | None
+    tokenizer: object | None
+
+
+def _warn(msg: str) -> None:
+    print(f"arclens: {msg}", file=sys.stderr)
+
+
+def resolve_optional_model(name: str | None, explicit: bool, metadata_model: dict) -> Path | None:
+    """The model for token strings and logits: checked against the store's fingerprint. A model
+    named only by the store that cannot be found here is skipped with a warning."""
+    from arclens.model.loading import resolve_model
+
+    if not name:
+        return None
+    try:
+        path = resolve_model(name)
+    except UserError:
+        if explicit:
+            raise
+        _warn(f"the store's model {name} is not available here; token strings and logits are left out "
+              "(pass --model)")
+        return None
+    stored = metadata_model.get("fingerprint")
+    if stored:
+        from arclens.model.fingerprint import model_fingerprint
+        from arclens.store.metadata import fingerprints_comparable
+
+        now = model_fingerprint(path)
+        if fingerprints_comparable(stored, now) and stored != now:
+            raise UserError(f"--model {name}: not the model this store was made with (fingerprint {now}, the "
+                            f"store has {stored}); its unembedding would give wrong logits")
+    return Path(path)
+
+
+def prepare_store(s: FeaturesSettings) -> Prepared:
+    import arclens
+    from arclens.data.loaders import load_tasks
+    from arclens.features.output import check_out
+    from arclens.features.sources import StoreSource, TaskGrids
+    from arclens.sae import load
+
+    sae = load(s.sae)
+    hook = sae.cfg.hook_name
+    if not hook:
+        raise UserError(f"--sae {s.sae}: its cfg.json names no metadata.hook_name, so its hook is unknown")
+    store = arclens.open_store(s.store)
+    if hook not in store.hooks:
+        raise UserError(f"--sae {s.sae}: its hook {hook} is not in the store {s.store}, which has "
+                        f"{', '.join(store.hooks)}")
+    if sae.cfg.d_in != store.d_model:
+        raise UserError(f"--sae {s.sae}: d_in {sae.cfg.d_in} does not match the store's d_model {store.d_model}")
+    meta = store.metadata
+    if meta.get("positions") == "generated":
+        raise UserError(f"--store {s.store}: an infer store (positions 'generated'); its answer cells are the "
+                        "model's own output, whose colours the task does not give. Use an extract store")
+    prompt = dict(meta.get("prompt") or {})
+    source_name = s.tasks or (meta.get("tasks") or {}).get("source")
+    if not source_name:
+        raise UserError(f"--store {s.store}: its metadata names no task source; pass --tasks")
+    tasks = load_tasks(source_name, s.solutions)
+    stored_fp = (meta.get("tasks") or {}).get("fingerprint")
+    if stored_fp:
+        from arclens.features.sources import tasks_fingerprint
+        from arclens.store.metadata import fingerprints_comparable
+
+        with_answer = bool(prompt.get("with_answer"))
+        now = tasks_fingerprint(tasks, with_answer)
+        count = (meta.get("tasks") or {}).get("count")
+        if now != stored_fp and isinstance(count, int) and 0 < count < len(tasks):
+            # extract --max-tasks N keeps the first N tasks in id order (data.loaders.load_tasks)
+            first = tasks_fingerprint(tasks[:count], with_answer)
+            if first == stored_fp:
+                tasks, now = tasks[:count], first
+        if fingerprints_comparable(stored_fp, now) and stored_fp != now:
+            raise UserError(f"--tasks {source_name}: not the tasks this store was made from (fingerprint "
+                            f"{now[:30]}..., the store has {stored_fp[:30]}...); pass them with --tasks "
+                            "(and --solutions for a Kaggle challenges file)")
+    model_meta = meta.get("model") or {}
+    model_path = resolve_optional_model(s.model or model_meta.get("name"), s.model is not None, model_meta)
+    tokenizer = _model_checks(model_path, store.d_model)
+    check_out(s.out)
+    source = StoreSource(store, hook, TaskGrids(tasks, f"--tasks {source_name}"))
+    header = {"sae": str(Path(s.sae).resolve()) if "://" not in s.sae else s.sae,
+              "sae_config": _sae_config(sae),
+              "source": {"kind": "store", "store": s.store, "hook": hook, "positions": meta.get("positions"),
+                         "model": str(model_path) if model_path else model_meta.get("name"),
+                         "model_known": model_path is not None, "tasks": source_name, "prompt": prompt,
+                         "n_samples": source.n_samples, "random_weights": model_meta.get("random_weights")},
+              "settings": _settings_json(s)}
+    return Prepared(sae, source, header, prompt, model_path, tokenizer)
+
+
+def _model_checks(model_path: Path | None, d_model: int):
+    if model_path is None:
+        return None
+    from arclens.model.config import QwenConfig
+    from arclens.prompts import load_tokenizer
+
+    config = QwenConfig.from_pretrained(model_path)
+    if config.d_model != d_model:
+        raise UserError(f"--model {model_path}: hidden size {config.d_model}, but the activations have {d_model}")
+    return load_tokenizer(str(model_path))
+
+
+def _sae_config(sae) -> dict:
+    c = sae.cfg
+    return {"architecture": c.architecture, "d_in": c.d_in, "d_sae": c.d_sae, "d_out": c.d_out, "k": c.k,
+            "hook_name": c.hook_name, "hook_name_out": c.hook_name_out, "model_name": c.model_name}
+
+
+def _settings_json(s: FeaturesSettings) -> dict:
+    keep = ("top_k", "quantiles", "quantile_examples", "context", "logits", "batch_tokens")
+    return {k: v for k, v in asdict(s).items() if k in keep}
+
+
+def run(s: FeaturesSettings) -> dict:
+    """The whole command: checks, one pass, the files. Returns a small summary."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from arclens.features.accumulate import Accumulator
+    from arclens.features.device import ROLE_FIELDS, batch_stats
+    from arclens.features.logits import TokenStrings, logit_effect
+    from arclens.features.output import write_fdir
+
+    t0 = time.perf_counter()
+    s.check()
+    if s.store is None:
+        raise UserError("arclens features: --model as a source waits for the extract job's device batches "
+                        "(issue 12); use --store")
+    p = prepare_store(s)
+    source, sae = p.source, p.sae
+    acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
+                      per_interval=s.quantile_examples, max_tokens=source.n_tokens)
+    from arclens.pipeline.progress import ProgressReporter
+
+    progress = ProgressReporter(source.n_samples, enabled=s.progress)
+    pending = None
+    for batch in source.batches(s.batch_tokens):
+        roles = [jnp.asarray(batch.roles[name]) for name in ROLE_FIELDS]
+        z, stats = batch_stats(sae, jnp.asarray(batch.x), jnp.asarray(batch.valid), *roles)
+        if pending is not None:  # the host folds in the previous batch while the device runs this one
+            acc.update(*pending)
+            progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
+        pending = (batch, z, stats)
+    if pending is not None:
+        acc.update(*pending)
+        progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
+    progress.close()
+    logits = None
+    strings = TokenStrings(p.tokenizer)
+    if p.model_path is not None and s.logits > 0:
+        logits = logit_effect(np.asarray(sae.W_dec), p.model_path, s.logits,
+                              n_vocab=len(p.tokenizer) if p.tokenizer is not None else None)
+    write_fdir(s.out, acc, header=p.header, keys=source.plan.keys, prompt=p.prompt, logits=logits,
+               strings=strings, context=s.context)
+    return {"n_tokens": acc.n_tokens, "d_sae": acc.d_sae, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,120 @@
+"""Where the activations come from: a store (here) or the model on the fly (features/model_source.py).
+
+A source knows every sample key up front (a store's index files; the rendered prompts), which
+fixes the tie-break order of the top-K (sample keys in string order) and the number of samples
+of each (task, test index), so that consistency can reduce a group as soon as it is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from arclens.errors import UserError
+from arclens.features.batch import COLUMNS, Batch, BatchBuilder
+from arclens.features.cells import SampleCells, task_grids
+from arclens.prompts import Augmentation
+
+try:  # the store's own module since issue 12 (ExtractJob); pipeline.extract before it
+    from arclens.store.metadata import tasks_fingerprint
+except ImportError:  # pragma: no cover - until the issue-12 merge
+    from arclens.pipeline.extract import tasks_fingerprint
+
+__all__ = ["Plan", "StoreSource", "TaskGrids", "group_of_key", "tasks_fingerprint"]
+
+PAD_TO = 1024  # batches longer than --batch-tokens (one long sample) are padded to a multiple of this
+
+
+def group_of_key(key: str) -> str:
+    """``task/test/aug`` -> ``task/test`` (task ids may themselves contain '/')."""
+    return key.rsplit("/", 1)[0]
+
+
+@dataclass
+class Plan:
+    """Every sample key of the source, its rank in string order, and its (task, test index) group."""
+
+    keys: list[str]
+    rank: dict[str, int]
+    group: dict[str, int]
+    group_sizes: np.ndarray
+
+    @classmethod
+    def from_keys(cls, keys) -> Plan:
+        keys = sorted(set(keys))
+        names: dict[str, int] = {}
+        group = {k: names.setdefault(group_of_key(k), len(names)) for k in keys}
+        sizes = np.bincount(np.fromiter(group.values(), np.int64, len(group)), minlength=len(names))
+        return cls(keys, {k: i for i, k in enumerate(keys)}, group, sizes)
+
+
+class TaskGrids:
+    """Per task id, the task's grids by test index and grid number (features/cells.py)."""
+
+    def __init__(self, tasks, where: str):
+        self.where = where
+        self.by_id = {t.task_id: t for t in tasks}
+        self._grids: dict[str, list] = {}
+
+    def sample_cells(self, info: dict) -> SampleCells:
+        task_id, test_index, key = info["task_id"], int(info["test_index"]), info["key"]
+        if task_id not in self.by_id:
+            raise UserError(f"sample {key}: task {task_id!r} is not in {self.where}; pass the tasks this store "
+                            "was made from with --tasks")
+        if task_id not in self._grids:
+            self._grids[task_id] = task_grids(self.by_id[task_id])
+        per_test = self._grids[task_id]
+        if not 0 <= test_index < len(per_test):
+            raise UserError(f"sample {key}: task {task_id!r} in {self.where} has {len(per_test)} test inputs")
+        try:
+            aug = Augmentation.from_json(info["augmentation"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"sample {key}: unreadable augmentation in the store ({err})") from None
+        return SampleCells(key, per_test[test_index], aug)
+
+
+class StoreSource:
+    """Whole samples of one hook of a store, in stored order, packed into batches of ~N tokens."""
+
+    def __init__(self, store, hook: str, grids: TaskGrids):
+        self.store, self.hook, self.grids = store, hook, grids
+        self.plan = Plan.from_keys(store.committed.owner)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.plan.keys)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.store.n_tokens
+
+    def batches(self, batch_tokens: int) -> Iterator[Batch]:
+        pending: list[tuple[dict, dict]] = []
+        filled = 0
+        for info, arrays in self.store.samples(hooks=[self.hook]):
+            n = len(arrays["position"])
+            if pending and filled + n > batch_tokens:
+                yield self._batch(pending, filled, batch_tokens)
+                pending, filled = [], 0
+            pending.append((info, arrays))
+            filled += n
+        if pending:
+            yield self._batch(pending, filled, batch_tokens)
+
+    def _batch(self, pending, filled: int, batch_tokens: int) -> Batch:
+        size = max(batch_tokens, -(-filled // PAD_TO) * PAD_TO)
+        builder = BatchBuilder(size)
+        x = np.zeros((size, self.store.d_model), dtype=pending[0][1][self.hook].dtype)
+        start = 0
+        for info, arrays in pending:
+            key = info["key"]
+            cells = self.grids.sample_cells(info)
+            roles = cells.roles(arrays["grid"], arrays["row"], arrays["col"])
+            n = len(arrays["position"])
+            x[start:start + n] = arrays[self.hook]
+            builder.add(start, self.plan.rank[key], self.plan.group[key], info,
+                        {c: arrays[c] for c in COLUMNS}, cells, roles)
+            start += n
+        return builder.build(x)
