@@ -9,7 +9,7 @@ For each batch shape it measures, on a RANDOM-weight checkpoint with 4 resid_pos
   pipelined  the next batch dispatched before the previous one's captures are read, with
              copy_to_host_async started at dispatch (what pipeline/device.py does)
   pinned_host  the same, with the outputs placed in pinned host memory by the program itself
-             (ARCLENS_CAPTURE_MEMORY=pinned_host)
+             (--capture-memory pinned_host)
 plus the one-shape compile time and the raw device-to-host bandwidth of a 256 MB bf16 array,
 into pageable numpy memory and into pinned host memory.
 Prints a table; with $OUT set also writes device_probe.json there.
@@ -124,7 +124,7 @@ def main() -> int:
             prev = cur
         r["pipelined_tok_s"] = args.iters * b * t / (time.perf_counter() - t0)
 
-        # pinned_host outputs (ARCLENS_CAPTURE_MEMORY=pinned_host): the program writes the
+        # pinned_host outputs (--capture-memory pinned_host): the program writes the
         # captures to host memory itself; reading them is then a host-memory read.
         try:
             cp = jitted_pinned.lower(params, tokens[0], lengths).compile()

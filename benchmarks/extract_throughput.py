@@ -21,7 +21,7 @@ Runs, each timed after a warm-up that compiles every shape it will see:
 
 - ``arclens->host``: the extract pipeline's stages (async dispatch, copy thread, writer thread
   slicing real tokens per sample) delivering captures to host memory;
-- ``arclens-pinned->host`` (``--runs pinned``): the same with ``ARCLENS_CAPTURE_MEMORY=pinned_host``,
+- ``arclens-pinned->host`` (``--runs pinned``): the same with ``--capture-memory pinned_host``,
   XLA writing the captures into pinned host memory itself (``memory_kind`` in the JSON says
   whether the backend took it or fell back to device memory);
 - ``arclens->disk``: the same into a real store on local disk (fixed mix only);
@@ -48,7 +48,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 HOOK_LAYERS_05B = (6, 12, 18, 23)  # of 24
 
@@ -69,10 +68,10 @@ def parse_args(argv=None):
                     help="only N prompts of the arc mix, evenly spread over its length distribution (CPU)")
     ap.add_argument("--tokens-per-batch", type=int, default=None, help="arc mix token budget (default batch*seq)")
     ap.add_argument("--max-shapes", type=int, default=None,
-                    help="compiled lengths for the arc mix (default: the pipeline's, ARCLENS_MAX_SHAPES)")
+                    help="compiled lengths for the arc mix (default: the pipeline's --max-shapes default)")
     ap.add_argument("--runs", nargs="+", default=["arclens", "disk", "eager", "compile"],
                     choices=["arclens", "pinned", "disk", "eager", "compile"],
-                    help="pinned: arclens->host again with ARCLENS_CAPTURE_MEMORY=pinned_host")
+                    help="pinned: arclens->host again with --capture-memory pinned_host")
     ap.add_argument("--mixes", nargs="+", default=["fixed", "arc"], choices=["fixed", "arc"])
     ap.add_argument("--json", default=None, help="write the results here (default $OUT/extract_throughput.json)")
     ap.add_argument("--dump-tasks", default=None, metavar="PATH", help="write --tasks as ARC JSON to PATH and exit")
@@ -176,11 +175,20 @@ def arc_samples(args, model_dir: str) -> tuple[list, float]:
     return samples, rate
 
 
-def schedule_for(samples, tokens_per_batch: int):
-    from arclens.pipeline.batching import max_shapes, plan_batches
+MAX_SHAPES = None  # --max-shapes; None: the pipeline's default
 
-    return plan_batches([len(s.token_ids) for s in samples], [s.key for s in samples],
-                        tokens_per_batch=tokens_per_batch, max_shapes=max_shapes())
+
+def planner_for(tokens_per_batch: int, row_multiple: int = 1):
+    from arclens.pipeline.batching import DEFAULT_MAX_SHAPES
+    from arclens.pipeline.schedule import Planner
+
+    return Planner(tokens_per_batch=tokens_per_batch, max_shapes=MAX_SHAPES or DEFAULT_MAX_SHAPES,
+                   row_multiple=row_multiple)
+
+
+def schedule_for(samples, tokens_per_batch: int):
+    """The job's own schedule of these prompts (one window)."""
+    return planner_for(tokens_per_batch).plan(samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +197,8 @@ def schedule_for(samples, tokens_per_batch: int):
 
 class _ListRenderer:
     """Stands in for rendering.Renderer: the prompts are already rendered (rendering is timed
-    separately; it runs in a process pool ahead of the device in a real run)."""
+    separately; it runs in a process pool ahead of the device in a real run). A "window" here is
+    the list of rendered samples itself."""
 
     def submit(self, window):
         return window
@@ -216,17 +225,23 @@ class _HostSink:
 
 
 def run_arclens(runner, samples, tokens_per_batch: int, sink, warm_samples) -> dict:
-    from arclens.distributed.runtime import Runtime
-    from arclens.pipeline.extract import _run_stages
+    """The job's own stages (pipeline/stages.py ``to_store``) from rendered prompts into ``sink``."""
     from arclens.pipeline.progress import ProgressReporter, RunSummary
-    from arclens.pipeline.stopping import StopRequest
+    from arclens.pipeline.schedule import scheduled_batches
+    from arclens.pipeline.stages import to_store
+
+    planner = planner_for(tokens_per_batch, runner.data_parallel())
 
     def go(batch_samples, writer):
         summary = RunSummary()
         t0 = time.perf_counter()
-        _run_stages(SimpleNamespace(positions="all"), Runtime(), runner, _ListRenderer(), [batch_samples], writer,
-                    ProgressReporter(len(batch_samples), enabled=False), StopRequest(), summary,
-                    tokens_per_batch=tokens_per_batch, row_multiple=runner.data_parallel())
+
+        def scheduled(on_plan):
+            return scheduled_batches(_ListRenderer(), [batch_samples], planner, on_plan=on_plan)
+
+        to_store(runner, scheduled, writer, positions="all", committed=frozenset(), gate=lambda: False,
+                 reporter=ProgressReporter(len(batch_samples), enabled=False), summary=summary,
+                 tokens_per_batch=tokens_per_batch)
         return summary, time.perf_counter() - t0
 
     sched = schedule_for(samples, tokens_per_batch)
@@ -392,8 +407,8 @@ def main(argv=None) -> int:
         return 0
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
-    if args.max_shapes:
-        os.environ["ARCLENS_MAX_SHAPES"] = str(args.max_shapes)
+    global MAX_SHAPES
+    MAX_SHAPES = args.max_shapes
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import jax
     import jax.numpy as jnp
@@ -434,17 +449,7 @@ def main(argv=None) -> int:
     runner = CaptureRunner(params, config, hooks, "all", dtype_name, mesh)
     pinned = None
     if "pinned" in args.runs:  # a second runner whose outputs live in pinned host memory
-        from arclens.pipeline.device import CAPTURE_MEMORY_ENV
-
-        saved = os.environ.get(CAPTURE_MEMORY_ENV)
-        os.environ[CAPTURE_MEMORY_ENV] = "pinned_host"
-        try:
-            pinned = CaptureRunner(params, config, hooks, "all", dtype_name, mesh)
-        finally:
-            if saved is None:
-                os.environ.pop(CAPTURE_MEMORY_ENV, None)
-            else:
-                os.environ[CAPTURE_MEMORY_ENV] = saved
+        pinned = CaptureRunner(params, config, hooks, "all", dtype_name, mesh, memory_kind="pinned_host")
 
     mixes = {}
     if "fixed" in args.mixes:
@@ -493,7 +498,6 @@ def main(argv=None) -> int:
 
             attempt("arclens-pinned->host", to_pinned_host)
         if "disk" in args.runs and mix == "fixed":
-            from arclens.pipeline.extract import store_metadata  # noqa: F401 - same metadata path as extract
             from arclens.store.writer import StoreWriter, open_or_create_store
 
             def to_disk(samples=samples, budget=budget, warm=warm):

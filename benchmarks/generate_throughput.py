@@ -117,6 +117,8 @@ def main(argv=None) -> int:
         jax_tokens[loop] = toks
         print(f"arclens/JAX ({loop} loop): {r['new_tokens_per_s']:.1f} new tokens/s "
               f"(prefill {r['prefill_s']:.2f} s, decode {r['decode_s']:.2f} s, first run {r['first_run_s']:.1f} s)")
+    if len(jax_tokens) == 2:  # the two drivers compute the same greedy tokens
+        result["loops_agree"] = all(np.array_equal(a, b) for a, b in zip(jax_tokens["while"], jax_tokens["python"]))
     if not args.no_hf:
         r, toks = bench_hf(args, prompts, tokenizer)
         result["transformers"] = r
@@ -126,11 +128,81 @@ def main(argv=None) -> int:
         result["agreement"] = {"rows_identical": int(sum(s == args.max_new_tokens for s in same)),
                                "mean_identical_prefix": float(np.mean(same))}
         print(f"greedy agreement: {result['agreement']}")
+    print_table(result)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
     print(json.dumps(result))
     return 0
+
+
+TABLE_COLUMNS = ["run", "new tokens/s", "wall s", "prefill s", "decode s", "vs transformers"]
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    """The printed table: one row per side that ran (arclens while_loop / Python loop, transformers)."""
+    hf = result.get("transformers", {}).get("new_tokens_per_s")
+    rows = []
+    for key, label in (("jax_while", "arclens generate (while_loop)"), ("jax_python", "arclens Python loop"),
+                       ("transformers", "transformers generate")):
+        r = result.get(key)
+        if r is None:
+            continue
+        rate = r["new_tokens_per_s"]
+        rows.append([label, f"{rate:,.1f}", f"{r['wall_s']:.2f}", f"{r['prefill_s']:.2f}" if "prefill_s" in r else "-",
+                     f"{r['decode_s']:.2f}" if "decode_s" in r else "-", f"{rate / hf:.2f}x" if hf else "-"])
+    return rows
+
+
+def print_table(result: dict) -> None:
+    rows = table_rows(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(TABLE_COLUMNS)]
+    print(f"generate throughput ({result['device']}, {result['dtype']}, batch {result['batch_size']}, "
+          f"{result['max_new_tokens']} new tokens)")
+    print("  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def python_loop(params, config, prompts, max_new_tokens: int, stats):
+    """The Python-loop driver ``generate()`` used to offer as ``loop="python"``, kept here where it
+    is measured against generate()'s while_loop: the same prefill (``generate._start``), then one
+    jitted decode step per token (``generate._step``), no early exit and no compaction (nothing
+    stops early in this benchmark). Returns each row's tokens."""
+    from functools import partial
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from arclens.model import generate as g
+
+    @partial(jax.jit, static_argnames=("config",), donate_argnums=(1,))
+    def one_step(params, st, eos, max_new, *, config):
+        return g._step(params, config, (), max_new, eos, None, None, st)
+
+    b = len(prompts)
+    lens = np.array([len(p) for p in prompts], np.int32)
+    t = g._bucket(int(lens.max()), 64)
+    tokens = np.zeros((b, t), np.int32)
+    for r, p in enumerate(prompts):
+        tokens[r, : len(p)] = p
+    eos, max_new = jnp.zeros((0,), jnp.int32), jnp.int32(max_new_tokens)
+    t0 = time.perf_counter()
+    st, tok, _, _ = g._start(params, jnp.asarray(tokens), jnp.asarray(lens), eos, None, None,
+                             jnp.full((b,), 2, jnp.int32), max_new, jnp.zeros((b,), bool), config=config, hooks=(),
+                             cache_len=g._bucket(t + max_new_tokens, 64))
+    out = [tok]
+    jax.block_until_ready(tok)
+    stats.prefill_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(max_new_tokens - 1):
+        st, tok, _, _, _ = one_step(params, st, eos, max_new, config=config)
+        out.append(tok)
+    toks = np.stack([np.asarray(x) for x in out], 1)
+    stats.decode_s += time.perf_counter() - t0
+    stats.new_tokens += toks.size
+    return list(toks)
 
 
 def bench_jax(args, prompts, loop):
@@ -147,8 +219,11 @@ def bench_jax(args, prompts, loop):
     def run():
         stats = GenerateStats()
         t0 = time.perf_counter()
+        if loop == "python":
+            toks = python_loop(params, config, prompts, args.max_new_tokens, stats)
+            return time.perf_counter() - t0, stats, toks
         out = dict(generate(params, config, prompts, max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
-                            chunk=args.chunk, loop=loop, stats=stats))
+                            chunk=args.chunk, stats=stats))
         return time.perf_counter() - t0, stats, [out[i].token_ids for i in range(len(prompts))]
 
     first, _, _ = run()  # compiles

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How fast can the store take activations? StoreWriter on local disk, shards published inline
-(ARCLENS_PUBLISH_THREADS=0) beside the background pool, in one run on the same data.
+(publish_threads=0, `--publish-threads 0`) beside the background pool, in one run on the same data.
 
     PYTHONPATH=src python3 benchmarks/store_write_throughput.py [--dest DIR] [--gb 4] [--threads 0 2 4]
 

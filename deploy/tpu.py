@@ -80,8 +80,9 @@ def remote_script(args, worker_index: int | None) -> str:
     extract = ["arclens", "extract", *args.extract_args]
     if worker_index is not None:
         extract += ["--worker-id", str(worker_index), "--num-workers", str(args.count)]
-    env = [f"ARCLENS_CLAIM_TTL_S={args.claim_ttl}"] if args.claim_ttl else []
-    run = " ".join([*env, shlex.join(extract)])
+        if args.claim_ttl:
+            extract += ["--claim-ttl", f"{args.claim_ttl:g}"]
+    run = shlex.join(extract)
     parts = []
     if args.wheel:
         local = "/tmp/" + args.wheel.rsplit("/", 1)[-1]
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wheel", default=None, help="arclens wheel (gs://... or a URL) to pip install on every host with jax[tpu]")
     p.add_argument("--install", default=None, help="any other setup line run on every host before extract")
     p.add_argument("--log", default="arclens-extract.log", help="log file on each host")
-    p.add_argument("--claim-ttl", type=float, default=None, help="ARCLENS_CLAIM_TTL_S for the workers")
+    p.add_argument("--claim-ttl", type=float, default=None, help="--claim-ttl SECONDS for the fleet's workers")
     p.add_argument("--list-json", default=None, help="recreate-preempted: read the VM listing from this file")
     p.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
     args = p.parse_args(argv)

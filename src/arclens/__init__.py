@@ -1,6 +1,6 @@
 """arclens: ARC-AGI tasks -> Qwen2.5 activations (JAX) -> safetensors stores for SAE training."""
 
-__version__ = "0.1.0"
+from arclens._version import __version__
 
 __all__ = ["__version__", "open_store"]
 

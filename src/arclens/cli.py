@@ -66,13 +66,23 @@ def _add_distributed_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 for jax.distributed")
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
-    g.add_argument("--worker-id", type=int, default=None, help="independent worker id (or TPU_WORKER_ID)")
-    g.add_argument("--num-workers", type=int, default=None, help="size of the independent worker fleet")
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("independent workers sharing the store (docs/SCALING.md)")
+    g.add_argument("--num-workers", type=int, default=None, help="size of the worker fleet; turns worker mode on")
+    g.add_argument("--worker-id", type=int, default=None,
+                   help="where this worker starts looking for units (default: TPU_WORKER_ID, else random)")
+    g.add_argument("--tasks-per-unit", type=int, default=None,
+                   help="tasks per work unit (default 16, or what the store's first worker recorded)")
+    g.add_argument("--claim-ttl", type=float, default=None, metavar="SECONDS",
+                   help="a claim without a heartbeat for this long is taken over (default 120)")
+    g.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                   help="exit after this long with nothing to claim (default: wait until every unit is done)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="arclens", description=__doc__.splitlines()[0])
-    from arclens import __version__
+    from arclens._version import __version__
 
     parser.add_argument("--version", action="version", version=f"arclens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -108,9 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--shard-mb", type=float, default=1024)
     p.add_argument("--tokens-per-batch", type=int, default=None, help="token budget per device batch")
+    p.add_argument("--max-shapes", type=int, default=16,
+                   help="compiled batch lengths per window: fewer compiles, more padding (default 16)")
+    p.add_argument("--capture-memory", choices=["device", "pinned_host"], default="device",
+                   help="where captures land: device memory, then copied; or pinned host memory, written by XLA")
+    p.add_argument("--render-workers", type=int, default=None,
+                   help="prompt-rendering processes (0: in-process; default: by job size and cores)")
+    p.add_argument("--publish-threads", type=int, default=2,
+                   help="shards published at once in the background (0: inline)")
     p.add_argument("--writer", default=None, help="writer name in shard file names (default: host-pid)")
     _add_prompt_options(p)
     _add_distributed_options(p)
+    _add_worker_options(p)
 
     p = sub.add_parser("infer", help="greedy generation -> submission.json + predictions.jsonl")
     p.add_argument("--model", required=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 
 model_dir, mesh_spec, n_devices, out_file = sys.argv[1:5]
 os.environ["JAX_NUM_CPU_DEVICES"] = n_devices
@@ -23,16 +22,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from arclens.distributed.mesh import make_mesh, use_mesh
-from arclens.distributed.runtime import global_batch, initialize, local_batch_rows, local_rows
+from arclens.distributed.runtime import (
+    ProcessSettings,
+    global_batch,
+    initialize,
+    local_batch_rows,
+    local_rows,
+)
 from arclens.distributed.sharding import logical_sharding
 from arclens.model.config import QwenConfig
 from arclens.model.loading import load_params
 from arclens.model.qwen import forward
 
-args = types.SimpleNamespace(coordinator=None, num_processes=None, process_id=None)
+process = None  # the deployment environment alone
 if len(sys.argv) > 5:
-    args = types.SimpleNamespace(coordinator=sys.argv[5], num_processes=int(sys.argv[6]), process_id=int(sys.argv[7]))
-runtime = initialize(args)
+    process = ProcessSettings.from_flags(sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
+runtime = initialize(process)
 
 HOOKS = ("blocks.0.hook_resid_pre", "blocks.1.hook_attn_out", "blocks.2.hook_mlp_out", "blocks.3.hook_resid_post")
 B, T = 4, 24

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 
 out_dir, mesh_spec, n_devices = sys.argv[1], sys.argv[2], sys.argv[3]
 os.environ["JAX_NUM_CPU_DEVICES"] = n_devices
@@ -28,7 +27,7 @@ from arclens.distributed.sharding import logical_sharding
 
 # The place in the job comes from JAX's own variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 # JAX_PROCESS_ID) when the parent sets them; no flags.
-runtime = initialize(types.SimpleNamespace(coordinator=None, num_processes=None, process_id=None))
+runtime = initialize()
 assert jax.process_count() == runtime.num_processes, (jax.process_count(), runtime)
 
 B, T, E, H, KV, D, F = 8, 6, 16, 4, 2, 4, 24

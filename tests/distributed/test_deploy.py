@@ -55,7 +55,8 @@ def test_launch_fleet_gives_each_vm_its_worker_id():
         steps = remote.split(" && ")
         assert steps[0] == "gcloud storage cp gs://b/arclens-0.1.0-py3-none-any.whl /tmp/arclens-0.1.0-py3-none-any.whl"
         assert "pip install" in steps[1] and "'/tmp/arclens-0.1.0-py3-none-any.whl[gcs]'" in steps[1]
-        assert f"ARCLENS_CLAIM_TTL_S=60.0 arclens extract {shlex.join(EXTRACT)} --worker-id {i} --num-workers 2" in steps[2]
+        assert f"nohup arclens extract {shlex.join(EXTRACT)} --worker-id {i} --num-workers 2 --claim-ttl 60 >" in steps[2]
+        assert "ARCLENS_" not in remote  # settings travel as flags, never as environment variables
 
 
 def test_launch_needs_extract_args():

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import types
 
 import pytest
 
 from arclens.distributed.mesh import parse_mesh_spec
-from arclens.distributed.runtime import Runtime, initialize
+from arclens.distributed.runtime import ProcessSettings, Runtime, initialize
 from arclens.errors import UserError
 
 
@@ -44,18 +43,22 @@ def test_make_mesh_on_this_process():
         make_mesh(f"{jax.device_count() + 1},1")
 
 
-def _args(**kw):
-    return types.SimpleNamespace(**{"coordinator": None, "num_processes": None, "process_id": None, **kw})
+def _process(coordinator=None, num_processes=None, process_id=None):
+    """The flags, each defaulting to its deployment variable, as `arclens extract` reads them."""
+    return ProcessSettings.from_flags(coordinator, num_processes, process_id)
 
 
 def test_single_process_is_a_no_op(monkeypatch):
     for name in ("ARCLENS_COORDINATOR", "JAX_COORDINATOR_ADDRESS", "ARCLENS_NUM_PROCESSES",
                  "JAX_NUM_PROCESSES", "ARCLENS_PROCESS_ID", "JAX_PROCESS_ID"):
         monkeypatch.delenv(name, raising=False)
-    assert initialize(_args()) == Runtime(0, 1)
-    assert initialize(_args(coordinator="127.0.0.1:1", num_processes=1, process_id=0)) == Runtime(0, 1)
-    assert Runtime(3, 4).writer_name("vm7", pid=42) == "vm7-p3-42"
-    assert Runtime(3, 4).writer_name("vm7") == f"vm7-p3-{os.getpid()}"
+    assert initialize() == Runtime(0, 1)
+    assert initialize(_process(coordinator="127.0.0.1:1", num_processes=1, process_id=0)) == Runtime(0, 1)
+    from arclens.store.format import writer_name
+
+    assert writer_name(3, host="vm7", pid=42) == "vm7-p3-42"
+    assert writer_name(3, host="vm7") == f"vm7-p3-{os.getpid()}"
+    assert writer_name(0, "w2", host="vm.7/x", pid=1) == "vm.7_x-w2-p0-1"
 
 
 @pytest.mark.parametrize(
@@ -70,4 +73,4 @@ def test_bad_distributed_settings(monkeypatch, kw, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(UserError, match=message):
-        initialize(_args(**kw))
+        initialize(_process(**kw))

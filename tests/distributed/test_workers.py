@@ -4,7 +4,7 @@ Worker A claims a unit and is killed with SIGKILL in the middle of it (after two
 samples are committed and a third shard is written but not committed). Workers B and C, started
 while A runs, and D, started after A died, share the other units. B and C are patient (a long
 ttl of their own: a worker never takes a claim over sooner than its own ttl) and leave once nothing
-is left to claim (ARCLENS_WORKER_IDLE_EXIT_S); D stays, watches A's claim go stale for A's ttl,
+is left to claim (--idle-exit); D stays, watches A's claim go stale for A's ttl,
 takes it over (epoch 1), extracts only the two uncommitted samples and marks the unit done. The store then holds every sample exactly once
 and `arclens verify` passes.
 
@@ -22,7 +22,7 @@ from tests.support.stores import stored
 from tests.support.tasks import write_small_tasks
 
 from arclens.cli import main
-from arclens.distributed.workers import read_board
+from arclens.distributed.claims import read_board
 from arclens.store import fs as storefs
 
 TTL_S = 6  # A's and D's claim ttl
@@ -47,17 +47,17 @@ def scenario(dest: str, opts, env: dict, folder, model_dir) -> None:
     folder.mkdir()
     tasks = write_small_tasks(folder / "tasks.json", N_TASKS)
     fs, root = storefs.get_fs(dest, opts)
-    env = dict(env, ARCLENS_CLAIM_TTL_S=TTL_S, ARCLENS_TASKS_PER_UNIT=TASKS_PER_UNIT)
 
-    def worker(i: int, **extra):
+    def worker(i: int, *flags, ttl=TTL_S, **extra):
         log = folder / f"worker{i}.log"
-        args = ["extract", "--model", model_dir, "--tasks", tasks, "--out", dest, *OPTIONS, "--worker-id", i]
+        args = ["extract", "--model", model_dir, "--tasks", tasks, "--out", dest, *OPTIONS, "--worker-id", i,
+                "--claim-ttl", ttl, *flags]
         return start_cli(args, log, **{**env, **extra}), log
 
     # A (worker 0 starts with the first unit) dies by SIGKILL at its third shard.
-    a, a_log = worker(0, ARCLENS_TEST_CRASH_AT="shard-written:3")
+    a, a_log = worker(0, "--tasks-per-unit", TASKS_PER_UNIT, ARCLENS_TEST_CRASH_AT="shard-written:3")
     _wait_for(lambda: VICTIM_UNIT in read_board(fs, root).units or a.poll() is not None, 180, "A never claimed")
-    others = [worker(i, ARCLENS_WORKER_IDLE_EXIT_S=2, ARCLENS_CLAIM_TTL_S=PATIENT_TTL_S) for i in (1, 2)]
+    others = [worker(i, "--idle-exit", 2, ttl=PATIENT_TTL_S) for i in (1, 2)]  # the unit size from A's plan
     assert a.wait(180) == -9, a_log.read_text()[-3000:]
     assert len(stored(dest, opts)) == 2  # A committed two of its four samples, then died
     d, d_log = worker(3)  # late: A is already dead
@@ -102,8 +102,9 @@ def test_sigterm_commits_releases_and_exits_0(tmp_path, tiny_model_dir):
     dest = str(tmp_path / "store")
     tasks = write_small_tasks(tmp_path / "tasks.json", 12)
     fs, root = storefs.get_fs(dest)
-    env = {"ARCLENS_CLAIM_TTL_S": 60, "ARCLENS_TASKS_PER_UNIT": 1}
-    args = ["extract", "--model", tiny_model_dir, "--tasks", tasks, "--out", dest, *OPTIONS]
+    env = {}
+    args = ["extract", "--model", tiny_model_dir, "--tasks", tasks, "--out", dest, *OPTIONS, "--claim-ttl", "60",
+            "--tasks-per-unit", "1"]
     first, first_log = start_cli([*args, "--worker-id", "0"], tmp_path / "first.log", **env), tmp_path / "first.log"
     _wait_for(lambda: bool(storefs.list_names(fs, f"{root}/index")) or first.poll() is not None, 180, "no commit")
     first.send_signal(signal.SIGTERM)

@@ -14,9 +14,10 @@ from safetensors.numpy import load_file, save_file
 from tests.support.reference import hf_captures, load_hf, rel_err, write_hf_checkpoint
 
 from arclens.errors import UserError
+from arclens.model.checkpoint import INDEX_FILE
 from arclens.model.config import QwenConfig
 from arclens.model.hooks import Hook
-from arclens.model.loading import INDEX_FILE, _read, load_params, resolve_model
+from arclens.model.loading import _read, load_params, resolve_model
 from arclens.model.params import ParamSpec, layer_table, top_table
 from arclens.model.qwen import forward_jit
 from arclens.model.random_checkpoint import write_random_model
@@ -138,16 +139,56 @@ def test_read_maps_any_window_through_split_and_transpose():
     assert isinstance(q, ParamSpec)
 
 
-def test_mesh_placement_follows_the_logical_axes(small_dir):
-    from jax.sharding import AxisType, NamedSharding
+# On 4 CPU devices as a (2, 2) mesh (a fresh process: this one has started JAX with one device).
+# A (1, 1) mesh would prove nothing: every spec collapses to replicated there.
+_PLACEMENT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+from arclens.distributed.mesh import make_mesh
+from arclens.distributed.sharding import logical_sharding
+from arclens.model.config import QwenConfig
+from arclens.model.loading import load_params
+from arclens.model.params import layer_table, top_table
+assert jax.device_count() == 4
+cfg = QwenConfig.from_pretrained(sys.argv[1])
+mesh = make_mesh("2,2")
+p = load_params(sys.argv[1], cfg, jnp.float32, mesh=mesh)
+ref = load_params(sys.argv[1], cfg, jnp.float32)
+checked = 0
+for i, (layer, ref_layer) in enumerate(zip(p.layers, ref.layers)):
+    for name, spec in layer_table(cfg, i).items():
+        x = getattr(layer, name)
+        want = logical_sharding(mesh, spec.logical_axes, spec.shape)
+        assert x.sharding.is_equivalent_to(want, x.ndim), (name, x.sharding, want)
+        for shard in x.addressable_shards:  # each device holds its own block, equal to the reference's
+            np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(getattr(ref_layer, name))[shard.index])
+        checked += 1
+for name, spec in top_table(cfg).items():
+    x = getattr(p, name)
+    assert x.sharding.is_equivalent_to(logical_sharding(mesh, spec.logical_axes, spec.shape), x.ndim), name
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(getattr(ref, name)))
+# the table, spelled out: heads and MLP columns split over "model", the rest whole on every device
+l0 = p.layers[0]
+assert l0.q.sharding.spec == P(None, "model", None) and l0.k.sharding.spec == P(None, "model", None)
+assert l0.o.sharding.spec == P("model", None, None) and l0.gate.sharding.spec == P(None, "model")
+assert l0.down.sharding.spec == P("model", None) and p.embed.sharding.spec == P("model", None)
+assert l0.q.addressable_shards[0].data.shape == (64, 2, 16)  # 4 heads over model=2
+assert all(s is None for s in l0.input_norm.sharding.spec)
+print("placed", checked)
+"""
 
-    cfg = QwenConfig.from_pretrained(small_dir)
-    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    p = load_params(small_dir, cfg, jnp.float32, mesh=mesh)
-    assert isinstance(p.layers[0].q.sharding, NamedSharding)
-    ref = load_params(small_dir, cfg, jnp.float32)
-    for x, y in zip(_leaves(p), _leaves(ref), strict=True):
-        np.testing.assert_array_equal(x, y)
+
+def test_mesh_placement_follows_the_logical_axes(small_dir):
+    import subprocess
+    import sys
+
+    from tests.support.cli import cli_env
+
+    proc = subprocess.run([sys.executable, "-c", _PLACEMENT, str(small_dir)], capture_output=True, text=True,
+                          timeout=300, env=cli_env(JAX_NUM_CPU_DEVICES=4), check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "placed 24" in proc.stdout  # 12 arrays per layer, 2 layers
 
 
 # --- clear errors ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arclens.pipeline.batching import choose_ladder, extend_ladder, plan_batches, rows_for
+from arclens.pipeline.batching import choose_ladder, plan_batches, rows_for
 
 
 def _check_schedule(lengths, sched, budget, row_multiple=1):
@@ -82,12 +82,6 @@ def test_arc_like_length_mix_pads_little():
 def test_prompt_longer_than_budget_runs_alone():
     sched = plan_batches([5000, 10], tokens_per_batch=1024)
     assert sched.batches[0].batch_size == 1 and sched.batches[0].seq_len == 5120
-
-
-def test_extend_ladder_keeps_compiled_shapes():
-    lad = choose_ladder([100, 200, 900], 2)
-    assert extend_ladder(lad, [50, 300]) == lad
-    assert extend_ladder(lad, [2000]) == lad + (2048,)
 
 
 def test_rejects_zero_length():

@@ -46,12 +46,12 @@ def test_a_second_process_loads_the_compiled_shape_from_the_cache(tmp_path, tiny
 
 
 def test_the_cache_location_and_off(tmp_path, monkeypatch):
-    from arclens.pipeline.compile_cache import cache_dir
+    from arclens.deployment import compile_cache
 
     monkeypatch.setenv("ARCLENS_COMPILE_CACHE", "off")
-    assert cache_dir() is None
+    assert compile_cache() is None
     monkeypatch.setenv("ARCLENS_COMPILE_CACHE", str(tmp_path / "c"))
-    assert cache_dir() == str(tmp_path / "c")
+    assert compile_cache() == str(tmp_path / "c")
     monkeypatch.delenv("ARCLENS_COMPILE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == str(tmp_path / "xdg" / "arclens" / "xla")
+    assert compile_cache() == str(tmp_path / "xdg" / "arclens" / "xla")

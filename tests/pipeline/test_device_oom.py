@@ -21,7 +21,7 @@ def _exhaust_device_memory():
 def test_extract_out_of_device_memory_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
     tasks = write_tasks(tmp_path / "tasks.json", n_tasks=2)
 
-    def dispatch(self, tokens, lengths, shape):
+    def dispatch(self, tokens, lengths, shape, **kwargs):
         _exhaust_device_memory()
 
     monkeypatch.setattr(CaptureRunner, "dispatch", dispatch)

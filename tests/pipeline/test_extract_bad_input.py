@@ -88,3 +88,32 @@ def test_existing_store_with_other_settings(tiny_model_dir, tasks, tmp_path, cap
     assert {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == snapshot
     meta = json.loads((dest / "metadata.json").read_text())
     assert meta["positions"] == "all"
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"ARCLENS_RENDER_WORKERS": "2"}, ["ARCLENS_RENDER_WORKERS is no longer read", "--render-workers"]),
+    ({"ARCLENS_TASKS_PER_UNIT": "4"}, ["--tasks-per-unit"]),
+    ({"ARCLENS_NUM_WORKERS": "2"}, ["--num-workers"]),  # it used to switch worker mode on, silently
+    ({"ARCLENS_PROCESS_ID": "one"}, ["ARCLENS_PROCESS_ID='one'", "integer"]),
+    ({"ARCLENS_STORAGE_OPTIONS": "{not json"}, ["ARCLENS_STORAGE_OPTIONS", "JSON"]),
+    ({"ARCLENS_TEST_CRASH_AT": "shard-written:x"}, ["ARCLENS_TEST_CRASH_AT", "NAME[:N][=SIG]"]),
+])
+def test_a_bad_deployment_variable_is_one_line_before_anything_is_written(tiny_model_dir, tasks, tmp_path, capsys,
+                                                                          monkeypatch, env, words):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    dest = tmp_path / "out"
+    _fails_cleanly(capsys, extract_args(tiny_model_dir, tasks, dest, *GOOD), dest, *words)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--render-workers", "-1"], ["--render-workers", "-1"]),
+    (["--publish-threads", "-2"], ["--publish-threads"]),
+    (["--max-shapes", "0"], ["--max-shapes"]),
+    (["--worker-id", "1"], ["--worker-id", "--num-workers"]),
+    (["--num-workers", "2", "--worker-id", "2"], ["--worker-id 2 must be in 0..1"]),
+    (["--num-workers", "2", "--claim-ttl", "0"], ["--claim-ttl"]),
+])
+def test_bad_run_flags(tiny_model_dir, tasks, tmp_path, capsys, flags, words):
+    dest = tmp_path / "out"
+    _fails_cleanly(capsys, extract_args(tiny_model_dir, tasks, dest, *GOOD, *flags), dest, *words)

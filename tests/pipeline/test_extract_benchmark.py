@@ -1,7 +1,7 @@
 """benchmarks/extract_throughput.py runs end to end on CPU with the tiny preset and tiny sizes.
 
-Only that it runs and reports what it claims to measure is checked; its numbers are measured,
-never asserted (docs/BENCHMARKS.md). The torch.compile baseline is left out: inductor's C++ build
+That it runs, reports what it claims to measure and prints its table (columns, a row per run)
+is checked; its numbers are measured, never asserted (docs/BENCHMARKS.md). The torch.compile baseline is left out: inductor's C++ build
 takes over a minute on a CPU; it is exercised by the documented CPU run and on the GPU."""
 
 from __future__ import annotations
@@ -43,4 +43,16 @@ def test_benchmark_runs_on_cpu_and_writes_its_table(tmp_path, tiny_model_dir):
     assert arc["tokens"] == arc["stored_tokens"] == res["arc_mix"]["real_tokens"]
     assert arc["tokens"] == rows[("arc", "hf-eager->host")]["tokens"]
     assert rows[("fixed", "arclens->host")]["vs_eager"] > 0
-    assert "extract throughput" in proc.stdout  # the table
+    # The table it prints: the title, the columns in order, and a line per (mix, run) with its cells.
+    lines = proc.stdout.splitlines()
+    assert any("extract throughput" in ln for ln in lines)
+    columns = ["mix", "run", "tokens/s", "MFU", "compile s", "vs eager", "vs compile", "padding"]
+    header = next(ln for ln in lines if all(c in ln for c in columns))
+    assert [header.index(c) for c in columns] == sorted(header.index(c) for c in columns)
+    for (mix, run), row in rows.items():
+        line = next(ln for ln in lines if f" {run} " in ln and f" {mix} " in ln)
+        cells = [c.strip() for c in line.replace("│", "|").split("|") if c.strip()]
+        assert cells[:2] == [mix, run] and len(cells) == len(columns), cells
+        assert cells[2] == f"{row['tokens_per_s']:,.0f}" and cells[3] == f"{row['mfu']:.1%}"
+        if run.startswith("arclens") and mix == "fixed":
+            assert cells[5] == f"{row['vs_eager']:.2f}"  # beside the peer measured in the same run

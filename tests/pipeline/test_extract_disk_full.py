@@ -35,7 +35,7 @@ def test_a_full_disk_stops_cleanly_and_the_rerun_resumes(tmp_path, tiny_model_di
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith(f"arclens: error: No space left on device writing {dest}/shards/")
     assert "rerun the same command to resume" in err[0]
-    assert not list((dest / "shards").glob(".spool-*")), "the partial shard is removed"
+    assert not list((dest / "shards").glob(".*")), "the partial shard is removed"
     assert main(["verify", str(dest)]) == 0
     first = stored(dest)
     assert len(first) > 0 and len(list((dest / "index").iterdir())) == 2

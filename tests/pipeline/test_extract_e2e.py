@@ -142,10 +142,9 @@ def test_same_job_into_an_object_store(job, tiny_model_dir, remote_fixture, requ
     assert main(["verify", dest]) == 0
 
 
-def test_rendering_in_a_process_pool_gives_the_same_store(job, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("ARCLENS_RENDER_WORKERS", "2")  # spawned workers, as on a many-core host
-    dest = job["root"] / "pool"
-    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS)) == 0
+def test_rendering_in_a_process_pool_gives_the_same_store(job, tiny_model_dir):
+    dest = job["root"] / "pool"  # spawned rendering workers, as on a many-core host
+    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS, "--render-workers", "2")) == 0
     got = stored(dest)
     assert set(got) == set(job["stored"])
     for key, (sample, arrays) in got.items():
@@ -155,12 +154,11 @@ def test_rendering_in_a_process_pool_gives_the_same_store(job, tiny_model_dir, m
             np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
 
 
-def test_captures_placed_in_pinned_host_memory_give_the_same_store(job, tiny_model_dir, monkeypatch):
-    # ARCLENS_CAPTURE_MEMORY=pinned_host: XLA writes the captures into host memory itself. A
-    # throughput option for accelerators; on CPU it must at least change no stored byte.
-    monkeypatch.setenv("ARCLENS_CAPTURE_MEMORY", "pinned_host")
+def test_captures_placed_in_pinned_host_memory_give_the_same_store(job, tiny_model_dir):
+    # --capture-memory pinned_host: XLA writes the captures into host memory itself. A throughput
+    # option for accelerators; on CPU it must at least change no stored byte.
     dest = job["root"] / "pinned"
-    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS)) == 0
+    assert main(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS, "--capture-memory", "pinned_host")) == 0
     got = stored(dest)
     assert set(got) == set(job["stored"])
     for key, (_, arrays) in got.items():
@@ -169,23 +167,29 @@ def test_captures_placed_in_pinned_host_memory_give_the_same_store(job, tiny_mod
             np.testing.assert_array_equal(arrays[name], arr, err_msg=f"{key} {name}")
 
 
-def test_an_unknown_capture_memory_is_a_user_error(job, tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ARCLENS_CAPTURE_MEMORY", "hbm")
-    assert main(extract_args(tiny_model_dir, job["tasks"], job["root"] / "never", *OPTIONS)) == 2
-    assert "ARCLENS_CAPTURE_MEMORY" in capsys.readouterr().err
+def test_an_unknown_capture_memory_is_a_user_error(job, tiny_model_dir, capsys):
+    assert main(extract_args(tiny_model_dir, job["tasks"], job["root"] / "never", *OPTIONS,
+                             "--capture-memory", "hbm")) == 2
+    assert "--capture-memory" in capsys.readouterr().err
     assert not (job["root"] / "never").exists()  # refused before anything was written
 
 
 def test_several_windows_give_the_same_store(job, tiny_model_dir):
-    # Windows of ~5 samples: every window is scheduled on its own and reuses the first ladder.
+    # Windows of ~5 samples: every window is planned on its own (its own ladder and batches).
+    import dataclasses
+
     from arclens.cli import build_parser
-    from arclens.distributed.runtime import Runtime
-    from arclens.pipeline.extract import extract, validate
+    from arclens.deployment import read_deployment
+    from arclens.pipeline.extract import validate
+    from arclens.pipeline.job import ExtractJob
 
     dest = job["root"] / "windows"
     args = build_parser().parse_args(extract_args(tiny_model_dir, job["tasks"], dest, *OPTIONS))
-    summary = extract(validate(args, Runtime()), Runtime(), progress=False, window_samples=5)
-    assert summary.samples == len(job["stored"])
+    settings, tasks = validate(args, read_deployment())
+    settings = dataclasses.replace(settings, capture=dataclasses.replace(settings.capture, window_samples=5))
+    with ExtractJob(settings) as extract_job:
+        summary = extract_job.run(tasks, progress=False)
+    assert summary.samples == len(job["stored"]) and summary.complete
     got = stored(dest)
     assert set(got) == set(job["stored"])
     for key, (_, arrays) in got.items():

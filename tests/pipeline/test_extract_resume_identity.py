@@ -1,5 +1,5 @@
 """Resuming `arclens extract` into a store depends on which weights and tasks it holds, not on how
-`--model` and `--tasks` are spelled (store/format.py FINGERPRINTED_SECTIONS, docs/STORE.md).
+`--model` and `--tasks` are spelled (store/metadata.py FINGERPRINTED_SECTIONS, docs/STORE.md).
 
 One full extraction is the reference. Each test copies it, drops the later index files (what a
 crash before those commits leaves: shards without their commit) and resumes the copy another way.

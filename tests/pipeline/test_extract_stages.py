@@ -100,10 +100,11 @@ def test_summary_lines_name_the_time_split():
     assert "padding 25.0%" in text and "device 1.0s" in text and "tokens stored     30" in text
 
 
-@pytest.mark.parametrize("spec,expected", [("here", -signal.SIGKILL), ("here:2", -signal.SIGKILL),
-                                           ("here:3=TERM", -signal.SIGTERM), ("elsewhere", 0)])
+@pytest.mark.parametrize("spec,expected", [("sample-added", -signal.SIGKILL), ("sample-added:2", -signal.SIGKILL),
+                                           ("sample-added:3=TERM", -signal.SIGTERM), ("shard-written", 0),
+                                           ("sample-added:4", 0)])
 def test_crash_point_hits_the_nth_visit(spec, expected):
-    code = "from arclens.pipeline.crashpoints import crash_point\nfor _ in range(3): crash_point('here')\n"
+    code = "from arclens.crashpoints import crash_point\nfor _ in range(3): crash_point('sample-added')\n"
     proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ARCLENS_TEST_CRASH_AT=spec), check=False)
     assert proc.returncode == expected
 

@@ -10,8 +10,9 @@ import pytest
 from arclens.cli import main as cli_main
 from arclens.data.loaders import load_tasks
 from arclens.data.tasks import Example, Task
-from arclens.pipeline.infer import EMPTY_ATTEMPT, build_submission, completed_tasks, read_predictions
+from arclens.pipeline.predictions import completed_tasks, read_predictions
 from arclens.pipeline.score import score_submission
+from arclens.pipeline.submission import EMPTY_ATTEMPT, build_submission
 
 # Three small ARC-AGI-1 evaluation tasks; 6ea4a07e has two test inputs.
 TASK_IDS = ("66e6c45b", "6ea4a07e", "be03b35f")
@@ -217,7 +218,7 @@ def test_a_correct_answer_parses_and_reverts_to_the_true_output(tokenizer):
     """The record of a sample whose output is the right answer, shown augmented, in the
     encoder's text: parsed in the augmented frame, reverted to the task's true output."""
     from arclens.model.generate import Generation
-    from arclens.pipeline.infer import _record
+    from arclens.pipeline.predictions import prediction_record as _record
     from arclens.prompts import PromptConfig, create_grid_encoder, render_samples
 
     task = next(t for t in load_tasks("arc-agi-1/evaluation") if t.task_id == "6ea4a07e")
@@ -275,7 +276,7 @@ def test_resume_follows_the_model_not_the_spelling_of_its_path(first_run, tiny_m
 
 def test_infer_json_compares_fingerprints_of_one_scheme_else_names(tmp_path):
     from arclens.errors import UserError
-    from arclens.pipeline.infer import check_settings
+    from arclens.pipeline.predictions import check_settings
 
     def settings(name, fp):
         return {"model": name, "model_fingerprint": fp, "dtype": "float32"}

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from arclens.cli import main as cli_main
 from arclens.data.loaders import load_tasks
-from arclens.pipeline.infer import read_predictions
+from arclens.pipeline.predictions import read_predictions
 
 TASK_IDS = ("66e6c45b", "be03b35f")
 HOOK = "blocks.2.hook_resid_post"

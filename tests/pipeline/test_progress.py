@@ -52,3 +52,23 @@ def test_plain_lines_every_log_interval():
         rep.advance(1, 50)
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and all(ln.startswith("arclens extract: ") for ln in lines)
+
+
+def test_while_shapes_compile_the_line_says_so_and_the_rate_starts_after():
+    # The demo said "ETA 17:14" for an extract that took 2:30: batches that waited for compiles
+    # were counted as throughput. While shapes compile there is no ETA, and the rate window
+    # restarts at the last batch written while compiling.
+    clock, pending = _Clock(), [3]
+    rep = ProgressReporter(1000, enabled=False, window_s=600, clock=clock, compiling=lambda: pending[0])
+    for _ in range(5):  # slow: every batch waits for a compile
+        clock.t += 30.0
+        rep.advance(10, 10_000)
+    assert rep.line().endswith("50/1000 samples, 50,000 tokens, compiling 3 shapes, no ETA yet")
+    pending[0] = 1
+    assert "compiling 1 shape, no ETA yet" in rep.line()
+    pending[0] = 0
+    for _ in range(10):  # compiled: 10 samples every 2 s
+        clock.t += 2.0
+        rep.advance(10, 10_000)
+    assert rep.rates() == (5.0, 5000.0)  # not dragged down by the 30 s batches before
+    assert rep.line().endswith("150/1000 samples, 150,000 tokens, 5.0k tokens/s, ETA 2:50")

@@ -118,14 +118,16 @@ def test_with_retries_retries_transient_only(monkeypatch):
 
 
 def test_storage_options_from_env(monkeypatch):
-    monkeypatch.setenv(fsx.STORAGE_OPTIONS_ENV, '{"anon": true}')
+    from arclens.deployment import ENV_STORAGE_OPTIONS
+
+    monkeypatch.setenv(ENV_STORAGE_OPTIONS, '{"anon": true}')
     assert fsx.storage_options_for("s3://b/x", {"key": "k"}) == {"anon": True, "key": "k"}
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
     assert fsx.storage_options_for("gs://b/x")["token"] == "anon"
-    monkeypatch.setenv(fsx.STORAGE_OPTIONS_ENV, "not json")
+    monkeypatch.setenv(ENV_STORAGE_OPTIONS, "not json")
     from arclens.errors import UserError
 
-    with pytest.raises(UserError, match=fsx.STORAGE_OPTIONS_ENV):
+    with pytest.raises(UserError, match=ENV_STORAGE_OPTIONS):
         fsx.storage_options_for("s3://b/x")
 
 

@@ -26,3 +26,8 @@ def test_reader_benchmark_runs_and_reports_every_row(tmp_path):
     assert runs == ["numpy memmap, stored order", "Store.batches, stored order", "numpy memmap, shuffled",
                     "Store.batches, shuffled", "numpy memmap, shuffled + step", "Store.batches, shuffled + step"]
     assert all(r["tokens_per_s"] > 0 and r["vs_numpy"] > 0 for r in res["results"])
+    # The table it prints: the columns, then one line per run in that order, each with its numbers.
+    lines = proc.stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.split() == ["run", "tokens/s", "GB/s", "vs", "numpy"])
+    for line, r in zip(lines[start + 1 : start + 1 + len(runs)], res["results"], strict=True):
+        assert line.startswith(r["run"]) and f"{r['tokens_per_s']:,.0f}" in line and line.rstrip().endswith("x")

@@ -1,4 +1,4 @@
-"""The resume check's model and task identity (store/format.py FINGERPRINTED_SECTIONS): by
+"""The resume check's model and task identity (store/metadata.py FINGERPRINTED_SECTIONS): by
 fingerprint where both stores have one, by the spelling (name, source) where either lacks it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from tests.support.synth_store import store_metadata
 
 from arclens.errors import UserError
-from arclens.store.format import metadata_differences
+from arclens.store.metadata import metadata_differences
 from arclens.store.writer import open_or_create_store
 
 FP_A = "sampled-sha256-v2:" + "a" * 64

@@ -49,7 +49,7 @@ def test_a_shard_is_never_published_over_another(kind, tmp_path, request):
     assert committed_keys(dest, opts) == set(keys(2)[:2])
     assert arclens.open_store(dest, storage_options=opts).n_tokens > 0
     if kind == "local":
-        assert not [n for n in os.listdir(tmp_path / "store" / "shards") if n.startswith(".spool-")]
+        assert not [n for n in os.listdir(tmp_path / "store" / "shards") if n.startswith(".")]
 
 
 def test_link_exclusive(tmp_path):

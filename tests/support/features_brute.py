@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from tests.support.planted_roles import HOOK, KINDS, truth_of
 
 D_MODEL = 64  # the tiny model's hidden size, so token strings and logits come from it

@@ -4,15 +4,16 @@ Multi-host JAX is SPMD: every process runs the same program over the same global
 feeds only its own slice of each batch, and gets back only the rows its devices hold. Nothing is
 ever gathered to one process. The helpers here are the whole seam between that model and the
 pipeline: where this process's rows are (``local_batch_rows``), building the global batch
-(``global_batch``), reading captures back (``local_rows``) and a barrier. (``metadata.json`` needs
+(``global_batch``) and reading captures back (``local_rows``); agreement between the processes
+(barriers, broadcasts, a shared claim) is distributed/coordination.py. (``metadata.json`` needs
 no helper: ``store.writer.open_or_create_store`` creates it create-only, so whichever process wins
 creates it and every other one compares its settings against the winner's.)
 
 How a process learns its place, first match wins (also in docs/SCALING.md):
 
-1. ``--coordinator HOST:PORT --num-processes N --process-id I``
+1. ``--coordinator HOST:PORT --num-processes N --process-id I`` (``ProcessSettings``)
 2. ``ARCLENS_COORDINATOR`` / ``ARCLENS_NUM_PROCESSES`` / ``ARCLENS_PROCESS_ID``, or JAX's own
-   ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``
+   ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (arclens.deployment)
 3. a Cloud TPU VM (libtpu installed and a TPU device node present): ``jax.distributed.initialize()``
    with no arguments, which reads the slice's topology from the TPU metadata
 4. otherwise one process, no coordinator (``ARCLENS_NO_DISTRIBUTED=1`` forces this, e.g. to run
@@ -24,8 +25,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import logging
-import os
-import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,13 +32,6 @@ import numpy as np
 from arclens.errors import UserError
 
 log = logging.getLogger(__name__)
-
-ENV_COORDINATOR = ("ARCLENS_COORDINATOR", "JAX_COORDINATOR_ADDRESS")
-ENV_NUM_PROCESSES = ("ARCLENS_NUM_PROCESSES", "JAX_NUM_PROCESSES")
-ENV_PROCESS_ID = ("ARCLENS_PROCESS_ID", "JAX_PROCESS_ID")
-ENV_NO_DISTRIBUTED = "ARCLENS_NO_DISTRIBUTED"
-# Seconds to wait for every process to reach the coordinator before giving up with a clear error.
-ENV_INIT_TIMEOUT = "ARCLENS_INIT_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -55,30 +47,33 @@ class Runtime:
     def multi_process(self) -> bool:
         return self.num_processes > 1
 
-    def writer_name(self, host: str | None = None, pid: int | None = None) -> str:
-        """``{host}-p{process_id}-{pid}``: every process writes its own shards into the one store.
-        The pid keeps two runs started on one host at once (a rerun while the first still runs)
-        from ever sharing a name; a writer name must never be used by two live processes."""
-        host = (host or socket.gethostname().split(".")[0] or "host").replace("/", "_")
-        return f"{host}-p{self.process_id}-{os.getpid() if pid is None else pid}"
 
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Where this process sits in a multi-host job: the flags, or the deployment environment."""
 
-def _env(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value not in (None, ""):
-            return value
-    return None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    no_distributed: bool = False  # never auto-detect a Cloud TPU slice
+    init_timeout_s: int = 300
 
+    @classmethod
+    def from_flags(cls, coordinator: str | None, num_processes: int | None, process_id: int | None,
+                   deployment=None) -> ProcessSettings:
+        """``--coordinator/--num-processes/--process-id``, each defaulting to its deployment
+        variable (arclens.deployment: ARCLENS_* or JAX's own JAX_*)."""
+        if deployment is None:
+            from arclens.deployment import read_deployment
 
-def _int_setting(flag: str, value, env_names: tuple[str, ...]) -> int | None:
-    raw = value if value is not None else _env(env_names)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise UserError(f"{flag} (or {'/'.join(env_names)}): expected an integer, got {raw!r}") from None
+            deployment = read_deployment()
+        return cls(
+            coordinator=coordinator or deployment.coordinator,
+            num_processes=num_processes if num_processes is not None else deployment.num_processes,
+            process_id=process_id if process_id is not None else deployment.process_id,
+            no_distributed=deployment.no_distributed,
+            init_timeout_s=deployment.init_timeout_s,
+        )
 
 
 def on_cloud_tpu_vm() -> bool:
@@ -89,43 +84,40 @@ def on_cloud_tpu_vm() -> bool:
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def initialize(args=None) -> Runtime:
+def initialize(process: ProcessSettings | None = None) -> Runtime:
     """Start ``jax.distributed`` when this run has more than one process; see module doc.
 
     Must run before anything touches a JAX device. Calling it again returns the same Runtime.
+    ``process`` defaults to the deployment environment alone (``ProcessSettings.from_flags``).
     """
     import jax
 
     if jax.distributed.is_initialized():
         return Runtime(jax.process_index(), jax.process_count())
-    coordinator = getattr(args, "coordinator", None) or _env(ENV_COORDINATOR)
-    num_processes = _int_setting("--num-processes", getattr(args, "num_processes", None), ENV_NUM_PROCESSES)
-    process_id = _int_setting("--process-id", getattr(args, "process_id", None), ENV_PROCESS_ID)
-    timeout = _int_setting("timeout", None, (ENV_INIT_TIMEOUT,)) or 300
-
-    explicit = [x is not None for x in (coordinator, num_processes, process_id)]
+    p = process if process is not None else ProcessSettings.from_flags(None, None, None)
+    explicit = [x is not None for x in (p.coordinator, p.num_processes, p.process_id)]
     if any(explicit):
         if not all(explicit):
             raise UserError(
                 "--coordinator, --num-processes and --process-id go together (or ARCLENS_COORDINATOR, "
                 "ARCLENS_NUM_PROCESSES, ARCLENS_PROCESS_ID); got only some of them"
             )
-        if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise UserError(f"--process-id {process_id} must be in 0..{num_processes - 1} (--num-processes)")
-        if ":" not in coordinator:
-            raise UserError(f"--coordinator {coordinator!r}: expected HOST:PORT of process 0")
-        if num_processes == 1:
+        if p.num_processes < 1 or not 0 <= p.process_id < p.num_processes:
+            raise UserError(f"--process-id {p.process_id} must be in 0..{p.num_processes - 1} (--num-processes)")
+        if ":" not in p.coordinator:
+            raise UserError(f"--coordinator {p.coordinator!r}: expected HOST:PORT of process 0")
+        if p.num_processes == 1:
             return Runtime(0, 1)
-        log.info("jax.distributed: process %d of %d, coordinator %s", process_id, num_processes, coordinator)
+        log.info("jax.distributed: process %d of %d, coordinator %s", p.process_id, p.num_processes, p.coordinator)
         _initialize_or_explain(
-            jax, coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-            initialization_timeout=timeout,
+            jax, coordinator_address=p.coordinator, num_processes=p.num_processes, process_id=p.process_id,
+            initialization_timeout=p.init_timeout_s,
         )
-    elif os.environ.get(ENV_NO_DISTRIBUTED) not in (None, "", "0") or not on_cloud_tpu_vm():
+    elif p.no_distributed or not on_cloud_tpu_vm():
         return Runtime(0, 1)
     else:
         log.info("jax.distributed: Cloud TPU VM detected; taking the slice topology from its metadata")
-        _initialize_or_explain(jax, initialization_timeout=timeout)
+        _initialize_or_explain(jax, initialization_timeout=p.init_timeout_s)
     return Runtime(jax.process_index(), jax.process_count())
 
 
@@ -212,12 +204,10 @@ def _merge_contiguous(parts: list[tuple[slice, np.ndarray]]) -> list[tuple[slice
     return merged
 
 
-# ---------------------------------------------------------------------------------------------
-# agreement between processes
-
-
 def barrier(name: str, runtime: Runtime | None = None) -> None:
-    """Block until every process reaches ``barrier(name)``; free when there is one process."""
+    """Block until every process reaches ``barrier(name)`` (a device-level sync, for code whose
+    collectives it orders: the SAE trainer's checkpoints); free with one process. Agreement that
+    must not wait for the device queue goes through distributed/coordination.py instead."""
     import jax
 
     if (runtime.num_processes if runtime else jax.process_count()) > 1:

@@ -70,7 +70,7 @@ def resolve_optional_model(name: str | None, explicit: bool, metadata_model: dic
     stored = metadata_model.get("fingerprint")
     if stored:
         from arclens.model.fingerprint import model_fingerprint
-        from arclens.store.format import fingerprints_comparable
+        from arclens.store.metadata import fingerprints_comparable
 
         now = model_fingerprint(path)
         if fingerprints_comparable(stored, now) and stored != now:
@@ -108,7 +108,7 @@ def prepare_store(s: FeaturesSettings) -> Prepared:
     stored_fp = (meta.get("tasks") or {}).get("fingerprint")
     if stored_fp:
         from arclens.features.sources import tasks_fingerprint
-        from arclens.store.format import fingerprints_comparable
+        from arclens.store.metadata import fingerprints_comparable
 
         with_answer = bool(prompt.get("with_answer"))
         now = tasks_fingerprint(tasks, with_answer)

@@ -64,18 +64,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 
 from arclens.errors import UserError
+from arclens.model.checkpoint import read_header, weight_files
 
 SCHEME = "sampled-sha256-v2"
 BLOCKS_PER_FILE = 16
 BLOCK_BYTES = 64 << 10
 TENSOR_BLOCK_BYTES = 4 << 10
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-_MAX_HEADER_BYTES = 100_000_000
 _CHUNK = 1 << 20
 
 # What a tokenizer (AutoTokenizer.from_pretrained) and its chat template are read from; each one
@@ -125,27 +122,6 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     return f"{SCHEME}:{digest.hexdigest()}"
 
 
-def weight_files(root: Path) -> list[str]:
-    """The safetensors files of a checkpoint directory, sorted: the ones its index names, or the
-    single ``model.safetensors``."""
-    index = root / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted({str(v) for v in weight_map.values()})
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{index}: not a valid safetensors index ({e})") from None
-        if not files:
-            raise UserError(f"{index}: lists no weight files")
-        for f in files:
-            if Path(f).name != f:
-                raise UserError(f"{index}: weight file {f!r} is not a file name in {root}")
-        return files
-    if (root / SINGLE_FILE).is_file():
-        return [SINGLE_FILE]
-    raise UserError(f"{root}: expected {SINGLE_FILE} or {INDEX_FILE} with its shards")
-
-
 def _config_fields(root: Path) -> dict:
     path = root / "config.json"
     try:
@@ -173,43 +149,15 @@ def _canonical(obj) -> bytes:
 def _hash_weights(digest, path: Path, name: str) -> None:
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise UserError(f"{path}: not a safetensors file (shorter than its header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER_BYTES or 8 + n > size:
-                raise UserError(f"{path}: not a safetensors file (header length {n} for a {size}-byte file)")
-            tensors = _parse_header(path, f.read(n))
-            data_start = 8 + n
-            for tname, _, _, (begin, end) in tensors:
-                if not 0 <= begin <= end <= size - data_start:
-                    raise UserError(
-                        f"{path}: tensor {tname!r} has data_offsets [{begin}, {end}] outside the file's "
-                        f"{size - data_start}-byte data region (truncated?)"
-                    )
-            digest.update(_canonical({"file": name, "bytes": size, "tensors": tensors}) + b"\0")
-            spans = [(data_start + begin, data_start + end) for _, _, _, (begin, end) in tensors]
-            for offset, length in sampled_ranges(data_start, size, spans):
+            header = read_header(f, path)
+            tensors = [[t.name, t.dtype, t.shape, t.offsets] for t in header.tensors]
+            digest.update(_canonical({"file": name, "bytes": header.size, "tensors": tensors}) + b"\0")
+            spans = [(header.data_start + t.offsets[0], header.data_start + t.offsets[1]) for t in header.tensors]
+            for offset, length in sampled_ranges(header.data_start, header.size, spans):
                 f.seek(offset)
                 digest.update(f.read(length))
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _parse_header(path: Path, raw: bytes) -> list:
-    """Each tensor's (name, dtype, shape, [begin, end]), sorted by name."""
-    try:
-        header = json.loads(raw)
-        tensors = []
-        for k, v in header.items():
-            if k == "__metadata__":
-                continue
-            begin, end = (int(o) for o in v["data_offsets"])
-            tensors.append((str(k), str(v["dtype"]), [int(s) for s in v["shape"]], [begin, end]))
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise UserError(f"{path}: not a safetensors file (bad header: {e})") from None
-    return sorted(tensors)
 
 
 def _hash_tokenizer_file(digest, path: Path, name: str) -> None:

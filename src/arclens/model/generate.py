@@ -233,12 +233,6 @@ def _decode_chunk(params, st: _State, eos, fence_count, fence_next, max_new, edi
     return st, out_tok, out_lp, out_live, out_caps, i
 
 
-@partial(jax.jit, static_argnames=("config", "hooks"), donate_argnums=(1,))
-def _decode_one(params, st: _State, eos, fence_count, fence_next, max_new, *, config, hooks):
-    """A single step (the Python-loop variant, for comparison with the while_loop)."""
-    return _step(params, config, hooks, max_new, eos, fence_count, fence_next, st)
-
-
 @partial(jax.jit, static_argnames=())
 def _gather_rows(st: _State, idx):
     return jax.tree.map(lambda a: a[idx], st)
@@ -302,7 +296,6 @@ def generate(
     fences_needed: Sequence[int] | None = None,
     hooks: tuple[Hook, ...] = (),
     chunk: int = 32,
-    loop: str = "while",
     pad_id: int = 0,
     length_bucket: int = 64,
     compact: bool = True,
@@ -315,20 +308,15 @@ def generate(
 
     ``fences_needed[i]``: how many ``` runs end prompt i's answer (2 when the answer opens and
     closes its own code block); used only when ``stop`` has fence tables.
-    ``loop``: "while" (a jitted while_loop per chunk) or "python" (a jitted step per token).
     ``edits``: ``{hook: Edit}`` applied in the prefill and every decode step (model/edits.py);
     ``roles[i]``: prompt i's token roles for edits that filter by them (default: no cells, and the
     answer is what is generated).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
-    if loop not in ("while", "python"):
-        raise ValueError(f"loop={loop!r}; expected 'while' or 'python'")
     stats = stats if stats is not None else GenerateStats()
     hooks = tuple(sorted(set(hooks)))
     edits = normalize_edits(edits, config.n_layers) or None
-    if edits and loop != "while":
-        raise ValueError("edits need loop='while'")
     if roles is not None and len(roles) != len(prompts):
         raise ValueError(f"roles: {len(roles)} entries for {len(prompts)} prompts")
     eos = jnp.asarray(np.asarray(stop.eos_ids, np.int32).reshape(-1))
@@ -344,12 +332,12 @@ def generate(
         idx = order[start : start + batch_size]
         yield from _generate_batch(
             params, config, [prompts[i] for i in idx], idx, needed[idx], max_new_tokens, batch_size,
-            eos, fc, fn, hooks, chunk, loop, pad_id, length_bucket, compact, stats,
+            eos, fc, fn, hooks, chunk, pad_id, length_bucket, compact, stats,
             edits, None if roles is None else [roles[i] for i in idx],
         )
 
 
-def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, eos, fc, fn, hooks, chunk, loop,
+def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, eos, fc, fn, hooks, chunk,
                     pad_id, length_bucket, compact, stats, edits=None, roles=None):
     n = len(prompts)
     # A short (last) batch is padded to a power of two: the shapes compaction compiles anyway.
@@ -403,23 +391,12 @@ def _generate_batch(params, config, prompts, idx, needed, max_new, batch_size, e
             st = _gather_rows(st, jnp.asarray(keep))
             rows = rows[keep]
             stats.compactions += 1
-        if loop == "while":
-            st, ct, clp, clive, ccaps, steps = _decode_chunk(
-                params, st, eos, fc, fn, max_new_arr, edits, config=config, hooks=hooks, chunk=chunk
-            )
-            steps = int(steps)
-            ct, clp, clive = np.asarray(ct)[:, :steps], np.asarray(clp)[:, :steps], np.asarray(clive)[:, :steps]
-            ccaps = {k: np.asarray(v)[:, :steps] for k, v in ccaps.items()}
-        else:
-            cols = []
-            for _ in range(chunk):
-                st, tk, l, lv, cp = _decode_one(params, st, eos, fc, fn, max_new_arr, config=config, hooks=hooks)
-                cols.append((tk, l, lv, cp))
-            steps = chunk
-            ct = np.stack([np.asarray(c[0]) for c in cols], 1)
-            clp = np.stack([np.asarray(c[1]) for c in cols], 1)
-            clive = np.stack([np.asarray(c[2]) for c in cols], 1)
-            ccaps = {k: np.stack([np.asarray(c[3][k]) for c in cols], 1) for k in (h.name for h in hooks)}
+        st, ct, clp, clive, ccaps, steps = _decode_chunk(
+            params, st, eos, fc, fn, max_new_arr, edits, config=config, hooks=hooks, chunk=chunk
+        )
+        steps = int(steps)
+        ct, clp, clive = np.asarray(ct)[:, :steps], np.asarray(clp)[:, :steps], np.asarray(clive)[:, :steps]
+        ccaps = {k: np.asarray(v)[:, :steps] for k, v in ccaps.items()}
         stats.row_steps += len(rows) * steps
         for slot, r in enumerate(rows):
             if r >= n:

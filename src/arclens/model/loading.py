@@ -19,11 +19,10 @@ import ml_dtypes  # noqa: F401  (must be imported before safetensors hands bf16 
 import numpy as np
 
 from arclens.errors import UserError
+from arclens.model.checkpoint import weight_map
 from arclens.model.config import QwenConfig
 from arclens.model.params import Layer, Params, ParamSpec, layer_table, top_table
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
@@ -68,39 +67,36 @@ def resolve_model(name_or_path: str | Path) -> Path:
         raise UserError(f"--model {s}: cannot fetch from the hub ({type(e).__name__}: {e})") from None
 
 
+def _config_label(model_path: str | Path, key: str) -> bool:
+    try:
+        return bool(json.loads((Path(model_path) / "config.json").read_text()).get(key, False))
+    except (OSError, ValueError):
+        return False
+
+
+def is_random_checkpoint(model_path: str | Path) -> bool:
+    """True for a checkpoint written by `arclens random-model` (its config.json says so), so that a
+    store of random activations is labelled as such wherever it goes."""
+    return _config_label(model_path, "arclens_random")
+
+
+def is_toy_checkpoint(model_path: str | Path) -> bool:
+    """True for a checkpoint trained by `arclens toy-model` (config.json's ``arclens_toy``)."""
+    return _config_label(model_path, "arclens_toy")
+
+
 class Checkpoint:
-    """The safetensors files of one model directory, opened lazily; tensor name -> slice."""
+    """The safetensors files of one model directory (model/checkpoint.py finds them), opened
+    lazily; tensor name -> slice."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"{self.path}: no such model directory")
-        index = self.path / INDEX_FILE
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-                if not isinstance(weight_map, dict):
-                    raise TypeError("weight_map is not an object")
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise UserError(f"{index}: not a valid safetensors index ({e})") from None
-            self.files = sorted(set(weight_map.values()))
-            for f in self.files:
-                if not (self.path / f).is_file():
-                    raise UserError(f"{self.path / f}: missing; {INDEX_FILE} lists it")
-            self.weight_map = dict(weight_map)
-        elif (self.path / SINGLE_FILE).is_file():
-            self.files = [SINGLE_FILE]
-            self.weight_map = None  # filled from the file's header on first use
-        else:
-            others = sorted(q.name for q in self.path.glob("*.safetensors"))
-            bins = sorted(q.name for q in self.path.glob("*.bin"))
-            hint = (f"found {others} without {INDEX_FILE}" if others
-                    else f"found only {bins}; convert to safetensors" if bins else "found no weights")
-            raise UserError(f"{self.path}: expected {SINGLE_FILE} or {INDEX_FILE} with its shards ({hint})")
+        self.weight_map = weight_map(self.path)
+        self.files = sorted(set(self.weight_map.values()))
         self._stack = ExitStack()
         self._handles: dict[str, object] = {}
-        if self.weight_map is None:
-            self.weight_map = {k: SINGLE_FILE for k in self._handle(SINGLE_FILE).keys()}  # noqa: SIM118 (not a dict)
 
     def _handle(self, fname: str):
         if fname not in self._handles:

@@ -6,9 +6,11 @@ PyTorch's ``[out, in]`` Linear layout, so the forward pass never transposes or r
     q   [D, Hq, hd]   k, v  [D, Hkv, hd]   o  [Hq, hd, D]
     gate, up  [D, F]  down  [F, D]         embed [V, D]   lm_head [D, V]
 
-``PARAM_TABLE`` maps each of our fields to its Hugging Face tensor name, how to get from that
-tensor to ours (a split of one dimension into heads, then a transpose), and the logical axes
-that ``arclens.distributed.sharding.logical_sharding`` turns into a placement on the mesh.
+``layer_table(config, i)`` and ``top_table(config)`` are the one table: they map each of our
+fields to its Hugging Face tensor name, how to get from that tensor to ours (a split of one
+dimension into heads, then a transpose), and the logical axes that
+``arclens.distributed.sharding.logical_sharding`` turns into a placement on the mesh (used by
+``loading.load_params``, which places every array as it loads it).
 """
 
 from __future__ import annotations
@@ -102,27 +104,3 @@ def top_table(config: QwenConfig) -> dict[str, ParamSpec]:
     if not config.tie_word_embeddings:
         table["lm_head"] = ParamSpec("lm_head.weight", (v, d), (d, v), ("embed", "vocab"), perm=(1, 0))
     return table
-
-
-def param_shardings(config: QwenConfig, mesh, rules=None) -> Params:
-    """A Params-shaped tree of ``NamedSharding``s from the logical-axes table (for
-    ``jax.jit(in_shardings=...)`` or ``jax.device_put``)."""
-    from arclens.distributed.sharding import DEFAULT_RULES, logical_sharding
-
-    rules = DEFAULT_RULES if rules is None else rules
-
-    def sh(spec: ParamSpec):
-        return logical_sharding(mesh, spec.logical_axes, spec.shape, rules)
-
-    top = top_table(config)
-    return Params(
-        embed=sh(top["embed"]),
-        layers=[Layer(**{k: sh(s) for k, s in layer_table(config, i).items()})
-                for i in range(config.num_hidden_layers)],
-        final_norm=sh(top["final_norm"]),
-        lm_head=sh(top["lm_head"]) if "lm_head" in top else None,
-    )
-
-
-def param_count(params: Params) -> int:
-    return sum(x.size for x in jax.tree.leaves(params))

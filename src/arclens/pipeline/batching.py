@@ -8,6 +8,8 @@ the model does not take, so we bucket instead:
    histogram by dynamic programming: the ``max_shapes`` multiples of ``quantum`` that minimise the
    total padding when each prompt goes to the smallest ladder length that holds it. Rounding to the
    ladder is almost all of the padding; it shrinks about as 1/max_shapes (see DEFAULT_MAX_SHAPES).
+   The job plans every window on its own (schedule.py), so a window's batches depend on its own
+   samples only.
 2. **Batches are contiguous runs of the prompts sorted by length, longest first.** A batch takes
    the length ``T`` of its longest prompt (rounded up the ladder) and ``B = budget // T`` rows
    (rounded down to a multiple of ``row_multiple``, the number of data-parallel replicas), so every
@@ -16,7 +18,7 @@ the model does not take, so we bucket instead:
    compiled shapes is the ladder's length, plus one smaller ``B`` for the final remainder.
 3. **Determinism.** The schedule is a pure function of the lengths and keys, with ties broken by
    key, so every process of a multi-host run computes the same global schedule and takes its own
-   rows of each batch.
+   rows of each batch, and a resumed run the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,27 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_QUANTUM = 128  # T is a multiple of this: tile-friendly for matmuls and attention kernels
-MAX_SHAPES_ENV = "ARCLENS_MAX_SHAPES"  # trade compile time (fewer) against padding (more)
-DEFAULT_MAX_SHAPES = 16  # compiled lengths per run: on the ARC-AGI-1 evaluation mix, 12 -> ~9.5% padding,
-# 16 -> ~7.4%, 24 -> ~5.2%; each shape costs a compile (seconds on a GPU, done in parallel up front)
-
-
-def max_shapes() -> int:
-    """The ladder size for this run: ``ARCLENS_MAX_SHAPES`` or the default."""
-    import os
-
-    raw = os.environ.get(MAX_SHAPES_ENV)
-    if raw in (None, ""):
-        return DEFAULT_MAX_SHAPES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        from arclens.errors import UserError
-
-        raise UserError(f"{MAX_SHAPES_ENV}={raw!r}: expected a positive integer")
-    return value
+# Compiled lengths per window (``--max-shapes``): on the ARC-AGI-1 evaluation mix, 12 -> ~9.5%
+# padding, 16 -> ~7.4%, 24 -> ~5.2%; each shape costs a compile (seconds on a GPU, done in parallel).
+DEFAULT_MAX_SHAPES = 16
 
 
 @dataclass(frozen=True)
@@ -128,18 +112,6 @@ def choose_ladder(lengths: Sequence[int], max_shapes: int = DEFAULT_MAX_SHAPES, 
         j = back[k][j]
         k -= 1
     return tuple(sorted(steps))
-
-
-def extend_ladder(ladder: Sequence[int], lengths: Sequence[int], quantum: int = DEFAULT_QUANTUM) -> tuple[int, ...]:
-    """Keep an existing ladder (its shapes are compiled already) and add one step only if some
-    prompt is longer than its top."""
-    ladder = tuple(sorted(ladder))
-    longest = max(lengths, default=0)
-    if not ladder:
-        return choose_ladder(lengths, quantum=quantum)
-    if longest > ladder[-1]:
-        ladder = ladder + (round_up(longest, quantum),)
-    return ladder
 
 
 def rows_for(seq_len: int, tokens_per_batch: int, row_multiple: int = 1) -> int:

@@ -12,19 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-CACHE_ENV = "ARCLENS_COMPILE_CACHE"
-_OFF = ("off", "0", "none", "false")
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> str | None:
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    if raw.lower() in _OFF:
-        return None
-    if raw:
-        return os.path.expanduser(raw)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "arclens", "xla")
 
 
 def enable_compile_cache() -> str | None:
@@ -33,13 +21,15 @@ def enable_compile_cache() -> str | None:
 
     if jax.config.jax_compilation_cache_dir:  # the caller's own JAX setting wins
         return jax.config.jax_compilation_cache_dir
-    path = cache_dir()
+    from arclens.deployment import ENV_COMPILE_CACHE, compile_cache
+
+    path = compile_cache()
     if path is None:
         return None
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        log.warning("%s: cannot use %s as a compilation cache (%s); compiling from scratch", CACHE_ENV, path,
+        log.warning("%s: cannot use %s as a compilation cache (%s); compiling from scratch", ENV_COMPILE_CACHE, path,
                     err.strerror)
         return None
     jax.config.update("jax_compilation_cache_dir", path)

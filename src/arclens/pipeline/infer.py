@@ -1,178 +1,49 @@
-"""`arclens infer`: greedy generation -> parse -> revert -> vote -> submission.json.
+"""`arclens infer`: greedy generation -> parse -> revert -> vote -> submission.json; the run.
 
-Files in ``--out DIR`` (docs/INFERENCE.md):
+The command's entry (``main``: flags -> ``InferSettings``) and the run (``infer``): windows of
+whole tasks, rendered, batched as one ``generate()`` call over the window would batch them, run on
+the device replicas (replicas.py), written window by window in order. The files and the resume
+are predictions.py; the vote into ``submission.json`` is submission.py (docs/INFERENCE.md).
 
-- ``infer.json``: the settings of the run (model, dtype, prompt options, max_new_tokens, hooks).
-  A re-run into the same DIR with other settings is refused; with the same ones it resumes.
-- ``predictions.jsonl``: one line per sample (SPEC.md section 2), appended a window of whole
-  tasks at a time and fsynced, so the file only ever grows by complete tasks. On resume a task
-  whose every sample key is in the file is skipped; lines of an incomplete task (a torn write)
-  are dropped by rewriting the file, and a torn last line is ignored.
-- ``submission.json``: Kaggle ARC Prize format, rewritten atomically (temp file + os.replace) at
-  the end from every line of predictions.jsonl, for every task of ``--tasks``.
 - ``activations/`` (with ``--hooks``): an activation store (SPEC.md section 3) of the hooks at
   every generated token; committed before the window's predictions are appended, and resumed by
   its committed keys.
-
-Devices: data parallelism over the local devices of this one process (``--devices N``, default
-all): one parameter replica and one worker thread per device, pulling batches from a shared
-queue. Batches are formed per window exactly as one ``generate()`` call over the window forms
-them, so every batch is the same computation whatever the number of devices, and the main thread
-writes whole windows in order: the files are identical for any ``--devices``.
+- Interventions: ``infer(settings, edits=...)`` hands ``edits`` to every ``generate()`` call
+  (the seam for ``--splice/--ablate/--steer``, SPEC.md section 6); None changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from arclens.data.tasks import Grid, Task, as_grid, grid_to_json
+from arclens.data.tasks import Task
 from arclens.errors import UserError
+from arclens.pipeline.generated import GeneratedActivations
+from arclens.pipeline.predictions import (
+    FINGERPRINT_KEY,
+    PREDICTIONS,
+    SUBMISSION,
+    append_lines,
+    atomic_write_json,
+    check_settings,
+    completed_tasks,
+    prediction_record,
+    read_predictions,
+    rewrite_lines,
+)
+from arclens.pipeline.replicas import DeviceReplicas
+from arclens.pipeline.submission import build_submission
 
-PREDICTIONS = "predictions.jsonl"
-SUBMISSION = "submission.json"
-SETTINGS = "infer.json"
-FINGERPRINT_KEY = "model_fingerprint"
-ACTIVATIONS = "activations"
 DEFAULT_BATCH_SIZE = {"cpu": 8}  # rows per batch by JAX backend; 64 on accelerators
 WINDOW_BATCHES = 4  # a window (the unit of writing and of resume) holds about this many batches
-# A missing attempt is `[]` (issue 8: "[]-padded"). It is valid JSON for every ARC Prize scorer and
-# matches no answer, so a test input the model never answered can never score by accident (a
-# [[0]] pad would "solve" every 1x1 all-black output).
-EMPTY_ATTEMPT: Grid = ()
 MAX_SIDE = 30
-
-
-# ---------------------------------------------------------------------------------------------
-# Voting and the submission (pure functions over prediction records; no model needed)
-
-
-def _record_grid(value) -> Grid | None:
-    return None if value is None else as_grid(value)
-
-
-def task_attempts(task: Task, records: Iterable[dict]) -> list[dict]:
-    """One ``{"attempt_1": G, "attempt_2": G}`` per test input of ``task``, in order, voted from
-    the prediction records of that task (their ``reverted_grid`` and ``logprobs``)."""
-    from arclens.prompts import Prediction, vote
-
-    by_test: dict[int, list] = {i: [] for i in range(len(task.test))}
-    for r in records:
-        if r["test_index"] in by_test:
-            by_test[r["test_index"]].append(Prediction(grid=_record_grid(r["reverted_grid"]), logprobs=r["logprobs"]))
-    out = []
-    for i in range(len(task.test)):
-        grids = list(vote(by_test[i], n_attempts=2))
-        grids += [EMPTY_ATTEMPT] * (2 - len(grids))
-        out.append({"attempt_1": grid_to_json(grids[0]), "attempt_2": grid_to_json(grids[1])})
-    return out
-
-
-def build_submission(tasks: Sequence[Task], records: Iterable[dict]) -> dict[str, list[dict]]:
-    by_task: dict[str, list[dict]] = {}
-    for r in records:
-        by_task.setdefault(r["task_id"], []).append(r)
-    return {t.task_id: task_attempts(t, by_task.get(t.task_id, [])) for t in tasks}
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------------------------------------
-# predictions.jsonl and resume
-
-
-def read_predictions(path: Path) -> list[dict]:
-    """Every complete line; a torn last line (a crash mid-write) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # only the last line may be torn
-                break
-            raise UserError(f"{path}: line {i + 1} is not JSON; this is not a predictions file of arclens infer")
-    return records
-
-
-def completed_tasks(records: Sequence[dict], expected: dict[str, set[str]]) -> set[str]:
-    """Tasks every one of whose expected sample keys has a record."""
-    have: dict[str, set[str]] = {}
-    for r in records:
-        have.setdefault(r["task_id"], set()).add(r["key"])
-    return {t for t, keys in expected.items() if keys and keys <= have.get(t, set())}
-
-
-def append_lines(path: Path, records: Sequence[dict]) -> None:
-    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-    with open(path, "a") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _rewrite_lines(path: Path, records: Sequence[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _same_scheme(a, b) -> bool:
-    """Two fingerprints that can be compared: both present, made by the same scheme (``scheme:hex``).
-    Otherwise the run folder predates this scheme, and the model is compared by name."""
-    return isinstance(a, str) and isinstance(b, str) and a.partition(":")[0] == b.partition(":")[0]
-
-
-def check_settings(out: Path, settings: dict) -> None:
-    """Create ``infer.json``, or refuse a resume whose settings differ."""
-    path = out / SETTINGS
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: unreadable ({e}); remove it or use another --out") from None
-        diffs = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if _same_scheme(old.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)):
-            # Both runs fingerprinted their model: that, not the spelling of --model, says whether
-            # it is the same one (model/fingerprint.py).
-            diffs = [k for k in diffs if k != "model"]
-        else:  # a run directory from before fingerprints: compare by name, as it did
-            diffs = [k for k in diffs if k != FINGERPRINT_KEY]
-        if diffs:
-            details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diffs[:4])
-            raise UserError(f"--out {out} holds a run with other settings ({details}); use another --out")
-        return
-    atomic_write_json(path, settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +63,6 @@ class InferSettings:
     max_new_tokens: int
     batch_size: int
     hooks: tuple = ()
-    loop: str = "while"
     chunk: int = 32
     model_fingerprint: str | None = None
     devices: int = 1  # the first N of jax.local_devices(); not a setting of the run (outputs do not depend on it)
@@ -294,11 +164,11 @@ def validate(args) -> InferSettings:
     from arclens.model.loading import resolve_model
     from arclens.prompts import PromptConfig, create_grid_encoder, load_tokenizer
 
-    if args.num_processes not in (None, 1) or args.coordinator or (args.num_workers or 1) > 1:
+    if args.num_processes not in (None, 1) or args.coordinator:
         raise UserError(
-            "infer runs as one process (on its local devices, --devices N); --coordinator/--num-processes/"
-            "--num-workers are accepted by extract only (split the tasks with `arclens streams` "
-            "and run one infer per stream instead)"
+            "infer runs as one process (on its local devices, --devices N); --coordinator/--num-processes "
+            "are accepted by extract only (split the tasks with `arclens streams` and run one infer per "
+            "stream instead)"
         )
     if args.mesh:
         raise UserError(
@@ -337,7 +207,10 @@ def validate(args) -> InferSettings:
 
 
 def main(args) -> int:
+    from arclens.deployment import read_deployment
+
     t0 = time.perf_counter()
+    read_deployment()  # every deployment variable checked before anything is written
     settings = validate(args)
     from arclens.pipeline.compile_cache import enable_compile_cache
 
@@ -363,8 +236,10 @@ def _windows(tasks: Sequence[Task], keys: dict[str, set[str]], window_samples: i
     return out
 
 
-def infer(s: InferSettings, *, progress: bool = True) -> InferSummary:
-    from arclens.pipeline.rendering import task_keys
+def infer(s: InferSettings, *, progress: bool = True, edits=None) -> InferSummary:
+    """Predict every task of ``s`` not predicted yet (resume), then write the submission.
+    ``edits``: handed unchanged to every ``generate()`` call (interventions); None: the model as is."""
+    from arclens.pipeline.schedule import task_keys
 
     check_settings(s.out, s.to_json())
     pred_path = s.out / PREDICTIONS
@@ -376,12 +251,12 @@ def infer(s: InferSettings, *, progress: bool = True) -> InferSummary:
     kept = [r for r in records if r.get("task_id") in done or r.get("task_id") not in expected]
     torn = pred_path.exists() and pred_path.stat().st_size > 0 and not pred_path.read_bytes().endswith(b"\n")
     if len(kept) != len(records) or torn:
-        _rewrite_lines(pred_path, kept)
+        rewrite_lines(pred_path, kept)
     records = kept
     summary = InferSummary(tasks=len(s.tasks), skipped_tasks=len(done))
     pending = [t for t in s.tasks if t.task_id not in done]
     if pending:
-        records += _generate_tasks(s, pending, expected, summary, progress)
+        records += _generate_tasks(s, pending, expected, summary, progress, edits)
     atomic_write_json(s.out / SUBMISSION, build_submission(s.tasks, records))
     return summary
 
@@ -404,75 +279,7 @@ class _Window:
     new_tokens: int = 0
 
 
-class _Replicas:
-    """One worker thread per device, each with its own parameter replica, pulling ``(window,
-    batch, prompts, fences_needed)`` jobs from a shared queue and putting ``(device index, job,
-    generations, stats)`` on the results queue (or the exception that stopped it).
-
-    A worker runs ``generate()`` under ``jax.default_device(its device)``: the numpy inputs and the
-    small arrays generate() makes (EOS ids, fence tables, tokens, lengths, compaction indices) are
-    created there, next to the replica, so every jitted call (``_start``, ``_decode_chunk``,
-    ``_decode_one``, ``_gather_rows``) runs on that device with nothing to move. Implicit transfers
-    between devices are disallowed there (``jax.transfer_guard_device_to_device``): a stray array
-    on another device is a placement bug and fails loudly instead of copying at every step. XLA
-    releases the GIL while it runs, so the devices work at once."""
-
-    def __init__(self, params, devices, run):
-        self.devices = list(devices)
-        self.jobs: queue.Queue = queue.Queue()
-        self.results: queue.Queue = queue.Queue()
-        self._run = run
-        self._threads = [
-            threading.Thread(target=self._work, args=(k, d, params), name=f"arclens-infer-{d}", daemon=True)
-            for k, d in enumerate(self.devices)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _work(self, k, device, params) -> None:
-        import jax
-
-        try:
-            replica = jax.device_put(params, device)  # a no-op on the device the weights were loaded to
-            while (job := self.jobs.get()) is not None:
-                with jax.default_device(device), jax.transfer_guard_device_to_device("disallow"):
-                    out = self._run(replica, *job[2:])
-                self.results.put((k, job, *out))
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
-            self.results.put((k, None, e, None))
-
-    def submit(self, window: int, batch: int, prompts, needed) -> None:
-        self.jobs.put((window, batch, prompts, needed))
-
-    def result(self):
-        """The next finished job: ``(device index, (window, batch), generations, stats)``."""
-        while True:
-            try:  # a timeout keeps the wait interruptible (Ctrl-C) everywhere
-                k, job, out, stats = self.results.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if job is None:
-                raise out
-            return k, job[:2], out, stats
-
-    def close(self) -> None:
-        """Drop the jobs not started, and wait for the running ones (a batch each) to end."""
-        try:
-            while True:
-                self.jobs.get_nowait()
-        except queue.Empty:
-            pass
-        for _ in self._threads:
-            self.jobs.put(None)
-        busy = [t for t in self._threads if t.is_alive()]
-        if busy and sys.exc_info()[0] is not None:  # stopping on an error or Ctrl-C: say why we wait
-            print(f"arclens infer: stopping; waiting for the batches running on {len(busy)} device(s) to end",
-                  file=sys.stderr, flush=True)
-        for t in self._threads:
-            t.join()
-
-
-def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, progress: bool) -> list[dict]:
+def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, progress: bool, edits) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
@@ -489,11 +296,13 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
         stop = StopRule(eos_ids=stop.eos_ids, fence_count=fc, fence_state=fs)
     pad_id = int(tokenizer.pad_token_id or 0)
 
+    intervene = {} if edits is None else {"edits": edits}  # the one place interventions enter the run
+
     def run(replica, prompts, needed):
         stats = GenerateStats()
         gens = list(generate(
             replica, s.config, prompts, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, stop=stop,
-            fences_needed=needed, hooks=s.hooks, chunk=s.chunk, loop=s.loop, pad_id=pad_id, stats=stats,
+            fences_needed=needed, hooks=s.hooks, chunk=s.chunk, pad_id=pad_id, stats=stats, **intervene,
         ))
         return gens, stats
 
@@ -503,7 +312,7 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     if progress:
         print(f"generating on {len(devices)} device(s) ({devices[0].device_kind}), one model replica each",
               file=sys.stderr)
-    store = _ActivationSink(s, tokenizer, encoder) if s.hooks else None
+    store = GeneratedActivations(s, tokenizer, encoder) if s.hooks else None
     new_records: list[dict] = []
     windows = _windows(pending, expected, s.batch_size * WINDOW_BATCHES)
     # Batches in flight (queued or running) kept at about two per device, whole windows at a time;
@@ -533,7 +342,7 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
         for b, idx in enumerate(win.batches):  # the order one generate() over the window yields in
             for j, gen in win.results[b]:
                 sample = win.samples[idx[j]]
-                rec = _record(sample, gen, tokenizer, encoder)
+                rec = prediction_record(sample, gen, tokenizer, encoder)
                 window_records.append(rec)
                 if store is not None:
                     store.add(sample, gen)
@@ -555,7 +364,7 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
             )
         t_last = now
 
-    pool = _Replicas(params, devices, run)
+    pool = DeviceReplicas(params, devices, run)
     try:
         while True:
             while fed < len(windows) and (fed == written or (in_flight < max_in_flight
@@ -586,105 +395,3 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     if store is not None:
         store.close()
     return new_records
-
-
-def _record(sample, gen, tokenizer, encoder) -> dict:
-    from arclens.prompts import parse_grid, validate_grid
-
-    text = tokenizer.decode(gen.token_ids.tolist(), skip_special_tokens=True)
-    grid = parse_grid(text, encoder)
-    reverted = None
-    if grid is not None:
-        try:
-            reverted = validate_grid(sample.augmentation.revert(grid))
-        except ValueError:
-            reverted = None
-    return {
-        "key": sample.key,
-        "task_id": sample.task_id,
-        "test_index": sample.test_index,
-        "augmentation": sample.augmentation.to_json(),
-        "prompt_token_ids": sample.token_ids.tolist(),
-        "output_token_ids": gen.token_ids.tolist(),
-        "output_text": text,
-        "logprobs": [float(x) for x in gen.logprobs],
-        "stop_reason": gen.stop_reason,
-        "grid": grid_to_json(grid),
-        "reverted_grid": grid_to_json(reverted),
-    }
-
-
-class _ActivationSink:
-    """``--hooks``: the hooks at every generated token into ``DIR/activations`` (SPEC section 3).
-
-    Token k of a sample's output was produced at position ``prompt_len - 1 + k``; that row holds
-    the activations there and, as every row of an extract store, the token at that position: the
-    token fed there (``token_id``: the last prompt token, then output token k - 1) and its grid
-    role. Row 0 has the prompt's last token's role (from the prompt, as extract stores it); row
-    k >= 1 has output token k - 1's role in the answer (``prompts.output_token_roles``: the
-    decoded output read by the encoder as ``parse_grid`` reads it, cells numbered as the answer
-    grid of a training prompt, ragged or cut-short answers included, -1 for anything that is not
-    one cell). So the row whose ``token_id`` is cell (r, c) holds the state while the model reads
-    that cell and writes the token after it; the state that wrote the cell is the row before."""
-
-    def __init__(self, s: InferSettings, tokenizer, encoder):
-        from arclens.prompts.templates import get_prompt_version
-        from arclens.store.writer import StoreWriter, committed_keys, open_or_create_store
-
-        self.dest = str(s.out / ACTIVATIONS)
-        self.tokenizer, self.encoder = tokenizer, encoder
-        self.version = get_prompt_version(s.prompt.version)
-        from arclens.pipeline.extract import is_random_checkpoint, tasks_fingerprint
-
-        model = {"name": s.model, "config": s.config.to_json(), "dtype": s.dtype,
-                 "random_weights": is_random_checkpoint(s.model_path)}
-        if s.model_fingerprint is not None:  # resumes compare by it, as extract's do
-            model["fingerprint"] = s.model_fingerprint
-        meta = {
-            "model": model,
-            "hooks": [h.name for h in s.hooks],
-            "dtype": s.dtype,
-            "d_model": s.config.hidden_size,
-            "positions": "generated",
-            "prompt": s.prompt.to_json(),
-            "tasks": {"source": s.tasks_source, "count": len(s.tasks),
-                      "fingerprint": tasks_fingerprint(s.tasks, s.prompt.with_answer)},
-            "generation": {"max_new_tokens": s.max_new_tokens, "decoding": "greedy"},
-        }
-        open_or_create_store(self.dest, meta)
-        self.committed = committed_keys(self.dest)
-        self.writer = StoreWriter(self.dest, writer=f"infer-{os.uname().nodename}-{os.getpid()}")
-
-    def roles(self, sample, gen) -> dict[str, np.ndarray]:
-        """``grid``/``row``/``col`` int16 of each stored row: the role of the token fed there."""
-        from arclens.prompts import output_token_roles
-        from arclens.prompts.chat import answer_grid_number
-
-        n_prompt = len(sample.token_ids)
-        number = answer_grid_number(self.version, len(sample.augmentation.train_order))
-        generated = output_token_roles(self.tokenizer, gen.token_ids, self.encoder, number)
-        return {
-            col: np.concatenate([getattr(sample, col)[n_prompt - 1 :], out[:-1]]).astype(np.int16)
-            for col, out in zip(("grid", "row", "col"), generated)
-        }
-
-    def add(self, sample, gen) -> None:
-        if sample.key in self.committed:
-            return  # committed by an earlier run that stopped before writing its predictions
-        n_prompt = len(sample.token_ids)
-        fed = np.concatenate([sample.token_ids[-1:], gen.token_ids[:-1]]).astype(np.int32)
-        arrays = {**gen.captures, "position": gen.positions, "token_id": fed, **self.roles(sample, gen)}
-        meta = {
-            "key": sample.key,
-            "task_id": sample.task_id,
-            "test_index": sample.test_index,
-            "augmentation": sample.augmentation.to_json(),
-            "prompt_tokens": n_prompt,
-        }
-        self.writer.add(meta, arrays)
-
-    def flush(self) -> None:
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()

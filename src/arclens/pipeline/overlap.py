@@ -123,10 +123,6 @@ class BusyTimer:
             with self._lock:
                 self.seconds[stage] += dt
 
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.seconds[stage] += seconds
-
 
 class DeviceClock:
     """Estimates device busy time without synchronising the device loop.

@@ -30,10 +30,14 @@ class ProgressReporter:
     """Counts samples and tokens as batches are written; rate and ETA come from the last
     ``window_s`` seconds of progress, not from the start: the start includes loading and the first
     compiles, and a run's first batches are its longest prompts, so an average since the start
-    would overstate the time left by an order of magnitude early on."""
+    would overstate the time left by an order of magnitude early on.
+
+    ``compiling()`` (the capture runner's count of shapes still compiling): while it is above 0
+    the line says so instead of an ETA, and the rate window restarts once compiling ends, since
+    batches that waited for a compile say nothing about throughput."""
 
     def __init__(self, total_samples: int, *, enabled: bool = True, log_every_s: float = 30.0, stream=None,
-                 window_s: float = 60.0, clock=time.perf_counter):
+                 window_s: float = 60.0, clock=time.perf_counter, compiling=None):
         self.total = total_samples
         self.samples = 0
         self.tokens = 0
@@ -47,6 +51,7 @@ class ProgressReporter:
         self._points: deque[tuple[float, int, int]] = deque()  # (time, samples, tokens) after each advance
         self._rich = None
         self._enabled = enabled
+        self._compiling = compiling or (lambda: 0)
         if enabled and getattr(self._stream, "isatty", lambda: False)():
             self._rich = _rich_bar(total_samples, self._stream)
 
@@ -55,6 +60,8 @@ class ProgressReporter:
             self.samples += samples
             self.tokens += tokens
             now = self._clock()
+            if self._compiling():
+                self._points.clear()  # the rate restarts from the last point seen while compiling
             self._points.append((now, self.samples, self.tokens))
             # Keep one point at or before the window's start, so the window always spans it.
             while len(self._points) > 2 and self._points[1][0] <= now - self._window_s:
@@ -62,7 +69,9 @@ class ProgressReporter:
             if self._rich is not None:
                 progress, task = self._rich
                 rate = self.rates()[1]
-                progress.update(task, advance=samples, tok_rate=f"{_fmt_rate(rate)} tok/s" if rate else "")
+                n = self._compiling()
+                text = f"compiling {n} shape{'s' * (n > 1)}" if n else f"{_fmt_rate(rate)} tok/s" if rate else ""
+                progress.update(task, advance=samples, tok_rate=text)
             elif self._enabled and now - self._last_log >= self._log_every:
                 self._last_log = now
                 print(self.line(), file=self._stream, flush=True)
@@ -78,15 +87,16 @@ class ProgressReporter:
         return (s1 - s0) / dt, (k1 - k0) / dt
 
     def line(self) -> str:
+        head = f"arclens extract: {self.samples}/{self.total} samples, {self.tokens:,} tokens, "
+        n = self._compiling()
+        if n:
+            return head + f"compiling {n} shape{'s' * (n > 1)}, no ETA yet"
         sample_rate, token_rate = self.rates()
         eta = None
         if sample_rate:
             eta = max(self.total - self.samples, 0) / sample_rate
         rate = f"{_fmt_rate(token_rate)} tokens/s" if token_rate is not None else "tokens/s ?"
-        return (
-            f"arclens extract: {self.samples}/{self.total} samples, {self.tokens:,} tokens, "
-            f"{rate}, ETA {_fmt_eta(eta)}"
-        )
+        return head + f"{rate}, ETA {_fmt_eta(eta)}"
 
     def close(self) -> None:
         if self._rich is not None:
@@ -131,10 +141,22 @@ class RunSummary:
     time_split: dict = field(default_factory=dict)  # stage -> busy seconds
     skipped_committed: int = 0
     stopped_by: str | None = None
+    complete: bool = False  # every sample of the tasks run is committed
+    lease_lost: bool = False  # a worker's claim was lost mid-unit (someone else finishes the unit)
 
     @property
     def padding_fraction(self) -> float:
         return 0.0 if not self.padded_tokens else 1.0 - self.prompt_tokens / self.padded_tokens
+
+    def add(self, other: RunSummary) -> None:
+        """Fold in one more run of the same job (a worker's next unit)."""
+        for name in ("samples", "tokens_stored", "prompt_tokens", "padded_tokens", "shards", "bytes", "batches",
+                     "skipped_committed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shapes |= other.shapes
+        for stage, seconds in other.time_split.items():
+            self.time_split[stage] = self.time_split.get(stage, 0.0) + seconds
+        self.stopped_by = self.stopped_by or other.stopped_by
 
     def lines(self) -> list[str]:
         rate = self.prompt_tokens / max(self.wall_s, 1e-9)

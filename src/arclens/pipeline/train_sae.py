@@ -201,11 +201,11 @@ def main(args) -> int:
             raise UserError(f"--store {args.store}: no hook {hook}; it has {', '.join(store.hooks)}")
         return d_model
 
-    from arclens.distributed.runtime import initialize
+    from arclens.distributed.runtime import ProcessSettings, initialize
     from arclens.sae.store_source import StoreSource, store_fingerprint
 
     settings = settings_from_args(args, int(store.n_tokens), width_of, store_fingerprint(store))
-    runtime = initialize(args)
+    runtime = initialize(ProcessSettings.from_flags(args.coordinator, args.num_processes, args.process_id))
     from arclens.distributed.mesh import make_mesh
 
     mesh = make_mesh(args.mesh)

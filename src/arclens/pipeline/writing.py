@@ -4,31 +4,53 @@ Each row of a batch is one sample (or a padding row, skipped). Only the sample's
 kept (``--positions all``: ``[0, n)``; ``last``: the last prompt token, already gathered on the
 device), with its position, token id and grid/row/col roles. The slices are views into the batch
 buffer, so nothing is copied here; the store's shard writer copies once, into the file.
+
+A resumed run computes a partly committed batch whole (schedule.py) and writes only the samples
+of it that are not committed yet (``BatchWork.committed``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from arclens.crashpoints import crash_point
 from arclens.pipeline.batching import Batch
-from arclens.pipeline.crashpoints import ENV as CRASH_ENV
-from arclens.pipeline.crashpoints import crash_point
 from arclens.prompts import Sample
+
+PAD_TOKEN = 0  # any valid id: padded positions are masked out and never stored
 
 
 @dataclass
 class BatchWork:
     """One scheduled batch on its way through the stages."""
 
-    index: int  # in the run's global schedule
+    index: int  # in the job's schedule
     batch: Batch
-    samples: dict[int, Sample]  # global row -> sample (padding rows absent)
+    samples: dict[int, Sample]  # global row -> sample, for the rows this process feeds (padding rows absent)
     tokens: np.ndarray | None  # this process's rows, [B_local, T] int32 (dropped once dispatched)
-    lengths: np.ndarray | None
-    real_tokens: int
+    lengths: np.ndarray | None  # [B_local] int32; 0 for padding rows
+    real_tokens: int  # real tokens in this process's rows
+    committed: frozenset[str] = field(default_factory=frozenset)  # keys of it already in the store
     dispatched_at: float = 0.0
+
+
+def assemble(batch: Batch, index: int, samples, local: slice, committed: frozenset[str] = frozenset()) -> BatchWork:
+    """This process's rows (``local``) of ``batch`` as right-padded int32 arrays."""
+    tokens = np.full((local.stop - local.start, batch.seq_len), PAD_TOKEN, np.int32)
+    lengths = np.zeros(local.stop - local.start, np.int32)
+    mine: dict[int, Sample] = {}
+    real = 0
+    for g, i in enumerate(batch.rows):
+        if local.start <= g < local.stop:
+            sample = samples[i]
+            n = len(sample.token_ids)
+            tokens[g - local.start, :n] = sample.token_ids
+            lengths[g - local.start] = n
+            mine[g] = sample
+            real += n
+    return BatchWork(index, batch, mine, tokens, lengths, real, committed)
 
 
 def sample_record(sample: Sample, row_arrays: dict[str, np.ndarray], positions: str):
@@ -54,15 +76,16 @@ def sample_record(sample: Sample, row_arrays: dict[str, np.ndarray], positions: 
 
 
 def write_batch(writer, work: BatchWork, host: dict[str, list[tuple[slice, np.ndarray]]], positions: str) -> tuple[int, int]:
-    """Add every sample of this process's rows; returns (samples, stored tokens)."""
+    """Add every sample of this process's rows that is not committed yet; returns (samples,
+    stored tokens)."""
     n_samples = n_tokens = 0
     hooks = list(host)
     pieces = host[hooks[0]]
     for p, (rows, _) in enumerate(pieces):
         for g in range(rows.start, rows.stop):
             sample = work.samples.get(g)
-            if sample is None:
-                continue  # a padding row
+            if sample is None or sample.key in work.committed:
+                continue  # a padding row, or a sample an earlier run committed
             r = g - rows.start
             meta, arrays = sample_record(sample, {h: host[h][p][1][r] for h in hooks}, positions)
             writer.add(meta, arrays)
@@ -70,55 +93,3 @@ def write_batch(writer, work: BatchWork, host: dict[str, list[tuple[slice, np.nd
             n_samples += 1
             n_tokens += int(arrays["token_id"].shape[0])
     return n_samples, n_tokens
-
-
-# -- the crash test hook's points inside a shard commit ---------------------------------------
-
-
-def instrument_for_crash_tests(writer) -> None:
-    """With ARCLENS_TEST_CRASH_AT set, add the ``shard-writing`` and ``shard-written`` points to a
-    StoreWriter (crashpoints.py). Wraps the writer's shard publication step; a test asserts that
-    the process really died there, so a renamed internal fails loudly rather than silently."""
-    import os
-
-    if not os.environ.get(CRASH_ENV):
-        return
-    import arclens.store.writer as store_writer
-
-    publish = writer._publish_shard
-    original_write_shard = store_writer.write_shard
-
-    def write_shard_then_die_midway(f, *args, **kwargs):
-        return original_write_shard(_Tripwire(f), *args, **kwargs)
-
-    def instrumented(shard_rel, meta, chunks):
-        store_writer.write_shard = write_shard_then_die_midway
-        try:
-            result = publish(shard_rel, meta, chunks)
-        finally:
-            store_writer.write_shard = original_write_shard
-        crash_point("shard-written")
-        return result
-
-    writer._publish_shard = instrumented
-    writer.publish_threads = 0  # the crash points swap a module global: publish one shard at a time
-
-
-class _Tripwire:
-    """A file wrapper that reaches the ``shard-writing`` point after the first bytes (the header)
-    are on disk, so a kill there leaves a partly written shard behind."""
-
-    def __init__(self, f):
-        self._f = f
-        self._writes = 0
-
-    def write(self, data):
-        n = self._f.write(data)
-        self._writes += 1
-        if self._writes == 2:
-            self._f.flush()
-            crash_point("shard-writing")
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)

@@ -18,25 +18,19 @@ a failed attempt we read the object back and accept it when its bytes are exactl
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from arclens.data.atomic import fsync_dir, replace_atomically, temp_file_beside, temp_path_beside
 from arclens.errors import StorageUnavailable, UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Extra fsspec storage options as a JSON object, for every URL (e.g. '{"endpoint_url": ...}').
-# s3fs (through botocore) also honours AWS_ENDPOINT_URL and gcsfs honours STORAGE_EMULATOR_HOST,
-# so the CLI runs unchanged against loopback emulators.
-STORAGE_OPTIONS_ENV = "ARCLENS_STORAGE_OPTIONS"
 
 # Part size of multipart (S3) / resumable (GCS) uploads of spooled shards; None: the library's
 # default (50 MiB parts; s3fs then uses one PUT below 100 MiB, gcsfs one request below 5 MiB).
@@ -59,17 +53,13 @@ def _protocols(fs) -> tuple[str, ...]:
 
 
 def storage_options_for(url: str, extra: dict | None = None) -> dict:
-    """Storage options for ``url``: ARCLENS_STORAGE_OPTIONS, then ``extra`` (wins)."""
-    opts: dict[str, Any] = {}
-    raw = os.environ.get(STORAGE_OPTIONS_ENV)
-    if raw:
-        try:
-            env_opts = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{STORAGE_OPTIONS_ENV}: not a JSON object ({err})") from None
-        if not isinstance(env_opts, dict):
-            raise UserError(f"{STORAGE_OPTIONS_ENV}: expected a JSON object")
-        opts.update(env_opts)
+    """Storage options for ``url``: ``ARCLENS_STORAGE_OPTIONS`` (a JSON object for every URL, e.g.
+    ``{"endpoint_url": ...}``; deployment.py), then ``extra`` (wins). s3fs (through botocore) also
+    honours AWS_ENDPOINT_URL and gcsfs STORAGE_EMULATOR_HOST, so the CLI runs unchanged against
+    loopback emulators."""
+    from arclens.deployment import storage_options
+
+    opts: dict[str, Any] = dict(storage_options())
     opts.update(extra or {})
     # An emulator takes no credentials; without this gcsfs probes a metadata server first.
     if url.startswith(("gs://", "gcs://")) and os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
@@ -162,44 +152,20 @@ def with_retries(what: str, call: Callable[[int], T], attempts: int | None = Non
 # writing
 
 
-def _local_temp_path(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_local_temp(path: str, data: bytes) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _local_temp_path(path)
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def create_only(fs, path: str, data: bytes) -> None:
+def create_only(fs, path: str, data: bytes, *, just_before: Callable[[], None] | None = None) -> None:
     """Create ``path`` holding ``data``, appearing whole; FileExistsError if ``path`` already
     holds *other* bytes.
 
     Idempotent for identical bytes, on purpose: a create whose response was lost is retried (by
     us, and inside botocore/gcsfs, where we cannot see it) and then meets our own object. Every
     object we create-only carries content unique to its writer (a shard's sha256, a timestamp,
-    an owner token), so "exists with exactly these bytes" means "ours"."""
+    an owner token), so "exists with exactly these bytes" means "ours".
+
+    ``just_before()`` runs as late as possible before the object can appear (locally: after the
+    bytes are on disk, right before the link), so a check it makes (a commit guard) has as short
+    a window as the backend allows; it raises to cancel the create."""
     try:
-        _create_only_once(fs, path, data)
+        _create_only_once(fs, path, data, just_before)
     except FileExistsError:
         if _read_back_equals(fs, path, data):
             log.info("%s: already holds exactly these bytes (an earlier attempt landed)", path)
@@ -207,10 +173,13 @@ def create_only(fs, path: str, data: bytes) -> None:
         raise
 
 
-def _create_only_once(fs, path: str, data: bytes) -> None:
+def _create_only_once(fs, path: str, data: bytes, just_before) -> None:
+    just_before = just_before or (lambda: None)
     if is_local(fs):
-        tmp = _write_local_temp(path, data)
+        with temp_file_beside(path) as (f, tmp):
+            f.write(data)
         try:
+            just_before()
             os.link(tmp, path)  # atomic, fails with EEXIST; the file is already complete
         except FileExistsError:
             raise
@@ -225,16 +194,18 @@ def _create_only_once(fs, path: str, data: bytes) -> None:
                 os.fsync(f.fileno())
         finally:
             os.unlink(tmp)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         return
     if "memory" in _protocols(fs):
         with _memory_lock:
             if fs.exists(path):
                 raise FileExistsError(path)
+            just_before()
             fs.pipe_file(path, data)
         return
 
     def attempt(_i: int) -> None:
+        just_before()
         try:
             fs.pipe_file(path, data, mode="create")
         finally:
@@ -259,22 +230,22 @@ def write_whole(fs, path: str, data: bytes | None = None, *, local_file: str | N
         raise TypeError("write_whole needs exactly one of data or local_file")
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if local_file is not None:
-            tmp = _local_temp_path(path)
+        if local_file is None:
+            replace_atomically(path, data)
+            return
+        tmp = temp_path_beside(path)
+        try:
             try:
                 os.link(local_file, tmp)  # same filesystem: no copy at all
             except OSError:
                 import shutil
 
                 shutil.copyfile(local_file, tmp)
-        else:
-            tmp = _write_local_temp(path, data)
-        try:
             os.replace(tmp, path)
         except BaseException:
             _silent_unlink(tmp)
             raise
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         return
 
     def attempt(_i: int) -> None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from arclens.errors import UserError
 from arclens.store import fs as fsx
-from arclens.store.format import INDEX_DIR, INDEX_SUFFIX, METADATA_FILE, check_metadata
+from arclens.store.format import INDEX_DIR, INDEX_SUFFIX, METADATA_FILE
+from arclens.store.metadata import check_metadata
 
 
 @dataclass(frozen=True)

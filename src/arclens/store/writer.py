@@ -14,19 +14,21 @@ carries its name, so a leftover shard from a crash is never committed by a later
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from arclens import __version__
+from arclens._version import __version__
+from arclens.crashpoints import crash_point
+from arclens.data.atomic import fsync_dir, temp_file_beside
 from arclens.errors import RunFailed, UserError
 from arclens.store import fs as fsx
 from arclens.store.format import (
@@ -39,38 +41,30 @@ from arclens.store.format import (
     SHARDS_DIR,
     VERSION,
     activation_dtype,
-    check_metadata,
     check_writer_name,
-    describe_differences,
     encode_json,
     index_relpath,
-    metadata_differences,
     seq_of,
     shard_relpath,
     shard_stem,
     write_shard,
 )
 from arclens.store.index import IndexEntry, committed_keys, read_metadata  # noqa: F401 - re-export
+from arclens.store.metadata import check_metadata, describe_differences, metadata_differences
 
 log = logging.getLogger(__name__)
 
 SAMPLE_FIELDS = ("key", "task_id", "test_index", "augmentation", "prompt_tokens")
 
-# Shards published at once in the background (ARCLENS_PUBLISH_THREADS; 0 = publish inline).
-# Serialising a shard is sha256 + memory copies + a write and fsync or an upload: one core's
-# worth of work per shard. Publishing in a small pool lets the next shard fill (and other shards
-# hash and upload) meanwhile, so the stage that feeds the writer is not held up by one shard.
-PUBLISH_THREADS_ENV = "ARCLENS_PUBLISH_THREADS"
+# Shards published at once in the background (``publish_threads``, ``--publish-threads``; 0 =
+# inline). Serialising a shard is sha256 + memory copies + a write and fsync or an upload: one
+# core's worth of work per shard. Publishing in a small pool lets the next shard fill (and other
+# shards hash and upload) meanwhile, so the stage that feeds the writer is not held up by one shard.
 DEFAULT_PUBLISH_THREADS = 2
 
 
-def default_publish_threads() -> int:
-    raw = os.environ.get(PUBLISH_THREADS_ENV, "")
-    if raw == "":
-        return DEFAULT_PUBLISH_THREADS
-    if not raw.isdigit():
-        raise UserError(f"{PUBLISH_THREADS_ENV}={raw!r}: expected a whole number (0 publishes inline)")
-    return int(raw)
+class CommitRefused(RunFailed):
+    """The commit guard said no: this writer may no longer commit (its claim was lost)."""
 
 
 @dataclass
@@ -96,7 +90,7 @@ def open_or_create_store(dest: str, metadata: dict, storage_options: dict | None
     """Create the store with ``metadata`` (``format``, ``version``, ``created_at`` and
     ``arclens_version`` are filled in when absent), or open an existing one whose settings equal
     ``metadata`` (``model`` and ``tasks`` compared by their fingerprints where both stores have
-    one: ``format.metadata_differences``); otherwise UserError naming every differing field."""
+    one: ``store.metadata.metadata_differences``); otherwise UserError naming every differing field."""
     meta = {"format": FORMAT, "version": VERSION, **metadata}
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta.setdefault("arclens_version", __version__)
@@ -147,6 +141,11 @@ class StoreWriter:
     concurrent writers: give every process its own ``writer`` name. A writer name must not be used
     by two processes at once; a collision is detected at commit time (create-only index), never
     silently merged.
+
+    ``commit_guard``: called right before each index file (the commit) is created, after its shard
+    is published; False means "this writer may no longer commit" (a worker's claim was lost): the
+    shard stays invisible and ``CommitRefused`` is raised (by ``add``/``flush``, like any
+    publishing failure). ``abandon`` then drops everything uncommitted.
     """
 
     def __init__(
@@ -162,8 +161,10 @@ class StoreWriter:
         max_samples_per_shard: int = MAX_SAMPLES_PER_SHARD,
         spool_dir: str | None = None,
         publish_threads: int | None = None,
+        commit_guard: Callable[[], bool] | None = None,
     ):
         self.dest = dest
+        self.commit_guard = commit_guard
         self.writer = check_writer_name(writer)
         self.shard_bytes = int(shard_bytes)
         self.max_samples = int(max_samples_per_shard)
@@ -172,8 +173,10 @@ class StoreWriter:
         self.fs, self.root = fsx.get_fs(dest, storage_options)
         self._local = fsx.is_local(self.fs)
         # Remote shards are spooled to local disk first (whole-object upload, retries without
-        # re-serializing): ARCLENS_SPOOL_DIR or the system temp dir must hold one shard.
-        self._spool_dir = spool_dir or os.environ.get("ARCLENS_SPOOL_DIR") or None
+        # re-serializing): ARCLENS_SPOOL_DIR (deployment.py) or the system temp dir must hold one shard.
+        from arclens.deployment import spool_dir as deployment_spool_dir
+
+        self._spool_dir = spool_dir or deployment_spool_dir()
         self._resolve_settings(hooks, d_model, dtype)
         self._lock = threading.RLock()  # the buffer; held while add() waits for the pool
         self._commits_lock = threading.Lock()  # the commit list (read by other threads, e.g. progress)
@@ -181,7 +184,7 @@ class StoreWriter:
         self._reset_buffer()
         self._keys_seen: set[str] = set()
         self.commits: list[Commit] = []
-        self.publish_threads = default_publish_threads() if publish_threads is None else int(publish_threads)
+        self.publish_threads = DEFAULT_PUBLISH_THREADS if publish_threads is None else int(publish_threads)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[_PendingShard] = []  # submitted, not yet known to be committed
         self._failed: list[_PendingShard] = []  # publication failed; retried by the next flush()
@@ -363,16 +366,23 @@ class StoreWriter:
                 "format": FORMAT, "version": str(VERSION)}
         t0 = time.perf_counter()
         size, sha = self._publish_shard(shard_rel, meta, job.chunks)
+        crash_point("shard-written")  # tests: a kill here leaves a whole shard without its index file
         keys = tuple(s["key"] for s in job.samples)
         entry = IndexEntry(job.stem + ".json", shard_rel, sha, size, job.n_tokens, keys)
         try:
-            fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()))
+            fsx.create_only(self.fs, fsx.join(self.root, index_rel), encode_json(entry.to_json()),
+                            just_before=lambda: self._check_guard(index_rel))
         except FileExistsError:
             raise self._name_collision(index_rel) from None
         commit = Commit(index_rel, shard_rel, sha, size, job.n_tokens, keys)
         log.info("committed %s: %d samples, %d tokens, %.1f MB in %.2fs", shard_rel, len(keys),
                  job.n_tokens, size / 1e6, time.perf_counter() - t0)
         return commit
+
+    def _check_guard(self, index_rel: str) -> None:
+        # Called by create_only as late as the backend allows (locally: right before the link).
+        if self.commit_guard is not None and not self.commit_guard():
+            raise CommitRefused(f"{self.dest}/{index_rel}: not committed, the writer's claim is lost")
 
     def _name_collision(self, rel: str) -> RunFailed:
         return RunFailed(
@@ -393,21 +403,18 @@ class StoreWriter:
     def _publish_shard(self, shard_rel: str, meta: dict[str, str], chunks: dict[str, list[np.ndarray]]) -> tuple[int, str]:
         final = fsx.join(self.root, shard_rel)
         if self._local:
-            folder = os.path.dirname(final)
-            os.makedirs(folder, exist_ok=True)
-            spool_dir = folder  # same folder: os.replace publishes without copying
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            spool = None  # beside the shard: a hard link publishes it without copying
         else:
-            spool_dir = self._spool_dir
-        fd, tmp = tempfile.mkstemp(prefix=".spool-", suffix=".safetensors", dir=spool_dir)
+            spool = self._spool_dir or tempfile.gettempdir()
+        tmp = None
         try:
             try:
-                with os.fdopen(fd, "wb") as f:
+                with temp_file_beside(final, "wb", folder=spool) as (f, tmp):
                     size, sha = write_shard(f, chunks, self._dtypes, meta)
-                    f.flush()
-                    os.fsync(f.fileno())
             except OSError as err:
                 if err.filename is None:  # a full disk says which disk: name the file being written
-                    err.filename = final if self._local else tmp
+                    err.filename = final if self._local else (tmp or spool)
                 raise
             if self._local:
                 # Never over another file: a shard of this name exists only if another live
@@ -417,14 +424,15 @@ class StoreWriter:
                     fsx.link_exclusive(tmp, final)
                 except FileExistsError:
                     raise self._name_collision(shard_rel) from None
-                fsx._fsync_dir(os.path.dirname(final))
+                fsync_dir(os.path.dirname(final))
             else:
                 try:
                     fsx.upload_exclusive(self.fs, tmp, final)
                 except FileExistsError:
                     raise self._name_collision(shard_rel) from None
         finally:
-            fsx._silent_unlink(tmp)
+            if tmp is not None:
+                fsx._silent_unlink(tmp)
         return size, sha
 
     def close(self) -> Commit | None:
@@ -434,6 +442,17 @@ class StoreWriter:
             if self._pool is not None and not self._failed:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+    def abandon(self) -> None:
+        """Drop every sample not committed yet (the buffer, shards that failed or were refused)
+        after the shards in flight have ended; a resumed run extracts them again."""
+        with self._lock:
+            self._reset_buffer()
+        self._wait_all()
+        self._failed, self._error = [], None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self):
         return self
@@ -445,14 +464,4 @@ class StoreWriter:
         if exc_type is None:
             self.close()
         else:
-            with self._lock:
-                self._reset_buffer()
-            self._wait_all()
-
-
-def file_sha256(path: str, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+            self.abandon()

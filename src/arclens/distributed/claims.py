@@ -1,8 +1,9 @@
-"""Independent, preemptible workers that share nothing but the store's bucket.
+"""Claims: how independent, preemptible workers that share nothing but the store's bucket agree on
+who extracts which work unit.
 
 A fleet of VMs runs the same ``arclens extract ... --out gs://bucket/store --worker-id I
---num-workers N``. The task set is cut into **work units** (fixed chunks of the sorted task list,
-or the files of ``arclens streams``). Workers agree on who does which unit through small objects
+--num-workers N``. The task set is cut into **work units** (distributed/units.py; the worker loop
+is pipeline/workers.py). Workers agree on who does which unit through small objects
 in the store, using only two operations every object store offers atomically: **create-only**
 (``ifGenerationMatch=0`` on GCS, ``If-None-Match: *`` on S3, ``O_EXCL``/``link`` locally) and
 **listing**. There is no coordinator to lose.
@@ -31,15 +32,18 @@ Protocol:
   a full ``ttl`` before taking it.
 - **The holder stops first.** The holder counts its lease as valid only until half a ``ttl`` after
   the *start* of its newest successful heartbeat, and also drops it as soon as it sees epoch
-  ``e+1``. An observer can only take over a full ``ttl`` after it *saw* that heartbeat, which was
-  after the heartbeat began, so (with clocks that tick at about the same rate) the old holder has
-  stopped half a ``ttl`` before anyone else may start. The pipeline checks ``Lease.held()`` between
-  batches and before each commit.
+  ``e+1``; once dropped it stays dropped. An observer can only take over a full ``ttl`` after it
+  *saw* that heartbeat, which was after the heartbeat began, so (with clocks that tick at about the
+  same rate) the old holder has stopped half a ``ttl`` before anyone else may start. The pipeline
+  checks ``Lease.held()`` before every batch and before each commit; in a multi-process worker
+  process 0 checks and the others take its answer (distributed/coordination.py ``SharedLease``).
 - **Resume.** Whoever takes a unit over simply extracts it again: the store's index says which
-  samples are committed, and those are skipped (exactly-once by key). Should a paused holder
-  (a VM frozen longer than half a ttl) still commit after losing its lease, the store keeps the
-  first commit of each key and ``arclens verify`` reports the duplicate: the store, not this
-  protocol, is the last line of the exactly-once guarantee.
+  samples are committed, and those are skipped (exactly-once by key). A holder frozen longer than
+  half a ttl finds its lease dropped when it wakes and commits nothing more. Only a freeze that
+  lands between a commit's check and its create can still let one commit through after the
+  takeover (object stores offer no fencing token); the store then keeps the first commit of each
+  key and ``arclens verify`` reports the duplicate: the store, not this protocol, is the last line
+  of the exactly-once guarantee.
 - **Done.** After the unit's last shard is committed, the holder creates ``done/<unit>``. Nobody
   claims a unit that is done. A worker keeps polling until every unit is done, so while one live
   worker remains, no unit is left undone: an abandoned lease expires and is taken over.
@@ -49,7 +53,6 @@ Protocol:
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -156,12 +159,24 @@ class Lease:
         self._thread.start()
 
     def held(self) -> bool:
-        """Still ours: not finished, not taken over, and renewed recently enough (module doc)."""
-        return not (self._finished.is_set() or self._lost.is_set()) and time.monotonic() < self._valid_until
+        """Still ours: not finished, not taken over, and renewed recently enough (module doc).
+        Once False, False for good: a late heartbeat never brings a lease back."""
+        if self._finished.is_set() or self._lost.is_set():
+            return False
+        if time.monotonic() >= self._valid_until:
+            self._lost.set()
+            return False
+        return True
+
+    def held_at(self, step: int) -> bool:
+        """The dispatch gate's check (one process: the same as ``held``)."""
+        return self.held()
 
     def _renew_loop(self) -> None:
         interval = self.ttl_s / BEATS_PER_TTL
         while not self._finished.wait(interval):
+            if not self.held():
+                return  # dropped (expired, e.g. after a freeze): never announce a claim we no longer act on
             started = time.monotonic()
             try:
                 if storefs.exists(self.fs, _lease_path(self.root, self.unit, self.epoch + 1)):
@@ -210,8 +225,9 @@ class Lease:
         return True
 
     def release(self) -> None:
-        """Give the unit back unfinished (SIGTERM, errors): others may take it at once."""
-        still_ours = not self._lost.is_set()
+        """Give the unit back unfinished (SIGTERM, errors): others may take it at once. A lease
+        that is no longer held writes nothing (another worker may hold the unit by now)."""
+        still_ours = self.held()
         self._stop()
         if not still_ours:
             return
@@ -303,23 +319,32 @@ class WorkerClaims:
             log.info("worker %s: claimed %s", self.worker, unit)
         return Lease(self.fs, self.root, unit, epoch, self.token, self.ttl_s)
 
+    def poll(self, order: Sequence[str] | None = None) -> tuple[Lease | None, list[str]]:
+        """One look at the board: ``(the Lease of a unit claimed now, None)``, else ``(None, the
+        units not done yet)`` (empty: every unit is done)."""
+        board = read_board(self.fs, self.root)
+        todo = [u for u in (order or self.unit_ids) if u not in board.done]
+        now = time.monotonic()
+        for unit in todo:
+            epoch = self._next_epoch(unit, board.units.get(unit), now)
+            if epoch is not None and (lease := self._try_claim(unit, epoch)) is not None:
+                self.current = lease
+                return lease, todo
+        return None, todo
+
     def next_unit(self, order: Sequence[str] | None = None) -> Lease | None:
         """Block until a unit is claimed (its Lease), or every unit is done / stop is set (None)."""
         order = list(order or self.unit_ids)
         idle_since = time.monotonic()
         while not self.stop():
-            board = read_board(self.fs, self.root)
-            todo = [u for u in order if u not in board.done]
+            lease, todo = self.poll(order)
+            if lease is not None:
+                return lease
             if not todo:
                 return None
             now = time.monotonic()
-            for unit in todo:
-                epoch = self._next_epoch(unit, board.units.get(unit), now)
-                if epoch is not None and (lease := self._try_claim(unit, epoch)) is not None:
-                    self.current = lease
-                    return lease
             if self.idle_timeout_s is not None and now - idle_since > self.idle_timeout_s:
-                # Opt-in (ARCLENS_WORKER_IDLE_EXIT_S): leave the remaining units to the workers that
+                # Opt-in (--idle-exit): leave the remaining units to the workers that
                 # hold them, and to whoever runs next if those die. Never the default.
                 log.warning("worker %s: nothing to claim for %.0fs; leaving %d unit(s) held by others: %s",
                             self.worker, self.idle_timeout_s, len(todo), ", ".join(todo[:5]))
@@ -336,13 +361,16 @@ class WorkerClaims:
         while not self.stop() and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.2))
 
-    def finish(self, lease: Lease, complete: bool) -> bool:
-        """Done (``complete``) or released; True when the done marker was written by us."""
+    def finish(self, lease: Lease, complete: bool) -> str:
+        """End this worker's hold on ``lease``'s unit: "done" (``complete``, the done marker
+        written), "released" (given back unfinished: others may take it at once), or "lost" (no
+        longer ours: whoever holds it now finishes it; nothing was written)."""
         self.current = None
-        if complete:
-            return lease.mark_done()
+        held = lease.held()
+        if complete and lease.mark_done():
+            return "done"
         lease.release()
-        return False
+        return "released" if held else "lost"
 
 
 def preferred_order(unit_ids: Sequence[str], worker_id: int | None, num_workers: int | None) -> list[str]:
@@ -395,184 +423,3 @@ def claimed_units(
             complete = lease.held() and not claims.stop()
         finally:
             claims.finish(lease, complete)
-
-
-# ---------------------------------------------------------------------------------------------
-# work units and the run loop the extract pipeline calls
-
-DEFAULT_TASKS_PER_UNIT = 16
-ENV_TASKS_PER_UNIT = "ARCLENS_TASKS_PER_UNIT"
-ENV_CLAIM_TTL = "ARCLENS_CLAIM_TTL_S"
-ENV_NUM_WORKERS = "ARCLENS_NUM_WORKERS"
-# Seconds a worker waits with nothing to claim (every unit left is held by a live-looking worker)
-# before it exits anyway. Unset: wait until every unit is done, so that a live worker always
-# remains to take over a unit whose holder dies.
-ENV_IDLE_EXIT = "ARCLENS_WORKER_IDLE_EXIT_S"
-
-
-def task_units(task_ids: Sequence[str], tasks_per_unit: int = DEFAULT_TASKS_PER_UNIT) -> dict[str, list[str]]:
-    """Fixed chunks of the sorted task ids: ``{"tasks-000000-000016": [ids...], ...}``.
-
-    Every worker computes the same units from the same task set (the store's metadata refuses a
-    run with a different one)."""
-    if tasks_per_unit < 1:
-        raise UserError(f"{ENV_TASKS_PER_UNIT}: expected a positive number of tasks per unit, got {tasks_per_unit}")
-    ids = sorted(task_ids)
-    return {
-        f"tasks-{start:06d}-{min(start + tasks_per_unit, len(ids)):06d}": ids[start:start + tasks_per_unit]
-        for start in range(0, len(ids), tasks_per_unit)
-    }
-
-
-def stream_units(folder: str) -> dict[str, str] | None:
-    """The files of an ``arclens streams`` folder as units (``{"stream_003": path}``), or None
-    when ``folder`` is not one."""
-    if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "streams.json")):
-        return None
-    files = sorted(f for f in os.listdir(folder) if re.fullmatch(r"stream_\d+\.jsonl", f))
-    return {f.removesuffix(".jsonl"): os.path.join(folder, f) for f in files} or None
-
-
-def _env_number(name: str, cast, default):
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise UserError(f"{name}: expected a number, got {raw!r}") from None
-
-
-def worker_slot(args) -> tuple[int | None, int | None]:
-    """``(worker_id, num_workers)``; ``num_workers`` is None when this is not a worker run.
-
-    --num-workers (or ARCLENS_NUM_WORKERS) turns worker mode on. The id comes from --worker-id,
-    else TPU_WORKER_ID (taken modulo N: on a fleet of single-host VMs it is 0 everywhere, which is
-    harmless because ids only choose where a worker starts looking), else None (a random start).
-    """
-    worker_id = getattr(args, "worker_id", None)
-    num_workers = getattr(args, "num_workers", None)
-    if num_workers is None:
-        num_workers = _env_number(ENV_NUM_WORKERS, int, None)
-    if num_workers is None:
-        if worker_id is not None:
-            raise UserError("--worker-id needs --num-workers N (or ARCLENS_NUM_WORKERS)")
-        return None, None
-    if num_workers < 1:
-        raise UserError(f"--num-workers must be at least 1, got {num_workers}")
-    if worker_id is None:
-        tpu_worker = _env_number("TPU_WORKER_ID", int, None)
-        return (None if tpu_worker is None else tpu_worker % num_workers), num_workers
-    if not 0 <= worker_id < num_workers:
-        raise UserError(f"--worker-id {worker_id} must be in 0..{num_workers - 1} (--num-workers {num_workers})")
-    return worker_id, num_workers
-
-
-def is_worker_run(args) -> bool:
-    return worker_slot(args)[1] is not None
-
-
-@dataclass
-class WorkSummary:
-    done_here: list[str] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
-    stopped: bool = False
-    gave_up: bool = False  # left units held by others (ARCLENS_WORKER_IDLE_EXIT_S)
-
-
-def run_with_workers(
-    dest: str,
-    units: dict[str, object],
-    extract_unit: Callable[[str, object, Lease], bool],
-    *,
-    worker: str,
-    worker_id: int | None = None,
-    num_workers: int | None = None,
-    ttl_s: float | None = None,
-    stop: Callable[[], bool] | None = None,
-    runtime=None,
-    idle_timeout_s: float | None = None,
-    storage_options: dict | None = None,
-) -> WorkSummary:
-    """Claim units one at a time and call ``extract_unit(unit_id, payload, lease) -> complete``.
-
-    ``extract_unit`` must skip the keys already committed (re-read the index per unit: another
-    worker may have committed part of it), check ``lease.held()`` and ``stop()`` between batches,
-    and return True only after every sample of the unit is committed (flushed); False means
-    "stopped early", and the unit is released for others.
-
-    With ``runtime.num_processes > 1`` (one worker = one multi-host slice) process 0 claims and
-    broadcasts each unit, every process extracts its share, and the unit is done only when all
-    processes report it complete.
-    """
-    ttl = ttl_s if ttl_s is not None else _env_number(ENV_CLAIM_TTL, float, DEFAULT_TTL_S)
-    if idle_timeout_s is None:
-        idle_timeout_s = _env_number(ENV_IDLE_EXIT, float, None)
-    stop = stop or (lambda: False)
-    multi = runtime is not None and runtime.num_processes > 1
-    leader = runtime is None or runtime.process_id == 0
-    ids = list(units)
-    claims = WorkerClaims(dest, ids, worker, ttl, stop=stop, idle_timeout_s=idle_timeout_s,
-                          storage_options=storage_options) if leader else None
-    order = preferred_order(ids, worker_id, num_workers)
-    summary = WorkSummary()
-    for _ in itertools.count():
-        lease = claims.next_unit(order) if leader else None
-        index = ids.index(lease.unit) if lease is not None else -1
-        if multi:
-            index = _broadcast_int(index)
-        if index < 0:
-            summary.stopped = bool(stop()) if not multi else _any_process(stop())
-            summary.gave_up = bool(claims is not None and claims.gave_up)
-            return summary
-        unit = ids[index]
-        try:
-            complete = bool(extract_unit(unit, units[unit], lease if leader else _FollowerLease(unit)))
-        except BaseException:
-            if leader:
-                claims.finish(lease, complete=False)  # others may take it at once
-            raise
-        if multi:
-            complete = _all_processes(complete)
-        if leader:
-            if claims.finish(lease, complete):
-                summary.done_here.append(unit)
-            elif not complete:
-                summary.released.append(unit)
-        if not complete and (_any_process(stop()) if multi else stop()):
-            summary.stopped = True
-            return summary
-        # Not complete without a stop request: the lease was lost (this worker stalled longer than
-        # half a ttl). Someone else holds that unit now; look for other work.
-    raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True)
-class _FollowerLease:
-    """What a non-leader process of a multi-host worker sees; the leader's lease decides."""
-
-    unit: str
-
-    def held(self) -> bool:
-        return True
-
-
-def _broadcast_int(value: int) -> int:
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
-def _all_processes(flag: bool) -> bool:
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def _any_process(flag: bool) -> bool:
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
