@@ -92,15 +92,13 @@ def source_pass(source, batch_tokens: int) -> int:
 
 
 def device_pass(source, sae, batch_tokens: int) -> int:
-    import jax.numpy as jnp
-
     from arclens.features.accumulate import Accumulator
-    from arclens.features.device import ROLE_FIELDS, batch_stats
+    from arclens.features.device import encode_batch
 
     acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=1, n_intervals=1, per_interval=1)
     n = 0
     for b in source.batches(batch_tokens):
-        z, stats = batch_stats(sae, jnp.asarray(b.x), jnp.asarray(b.valid), *(jnp.asarray(b.roles[f]) for f in ROLE_FIELDS))
+        z, stats = encode_batch(sae, b)
         acc.pairs(z, int(stats["n_fires"].sum()))
         n += int(b.valid.sum())
     return n

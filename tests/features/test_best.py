@@ -62,3 +62,48 @@ def test_pairs_cut_on_the_device_equal_numpys():
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert np.all(np.diff(want[1]) >= 0)  # token order
+
+
+def test_topk_step_equals_the_dense_step():
+    """A TopK SAE's batch reduced from its [N, k] codes (scatter-adds, no dense z) gives the very
+    statistics and firing pairs of the dense path (sae.encode, the role matmul, numpy's nonzero):
+    with tied pre-activations (ties go to the lower latent in both), non-firing slots among the
+    k (pre <= 0) and padding slots."""
+    from types import SimpleNamespace
+
+    import jax.numpy as jnp
+
+    from arclens.features.accumulate import Accumulator
+    from arclens.features.device import ROLE_FIELDS, batch_stats, encode_batch
+    from arclens.features.layout import role_columns
+    from arclens.sae import SAEConfig, new_sae
+
+    rng = np.random.default_rng(1)
+    n, d, f, k = 96, 8, 24, 5
+    w_enc = rng.integers(-2, 3, (d, f)) / 4  # quantised: many ties, exact sums in float32
+    b_enc = -rng.integers(0, 4, f) / 4
+    w_enc[:, 7], b_enc[7] = w_enc[:, 3], b_enc[3]  # latents 3 and 7 always tie
+    sae = new_sae(SAEConfig("topk", d, f, d, k=k), w_enc, b_enc, w_enc.T.copy(), np.zeros(d))
+    x = (rng.integers(-4, 5, (n, d)) / 4).astype(np.float32)
+    valid = (np.arange(n) < n - 7).astype(np.float32)  # the last 7 slots are padding
+    cell = (rng.random(n) < 0.7) & (valid > 0)
+    kind = np.where(cell, rng.integers(0, 4, n), -1)
+    fields = [kind] + [np.where(cell, rng.integers(0, hi, n), -1) for hi in (10, 10, 30, 30, 2)]
+    batch = SimpleNamespace(x=x, valid=valid, role_cols=role_columns(*fields),
+                            roles=dict(zip(ROLE_FIELDS, (a.astype(np.int8) for a in fields))))
+    codes, got = encode_batch(sae, batch)
+    assert isinstance(codes, tuple)
+    z, want = batch_stats(sae, jnp.asarray(x), jnp.asarray(valid), *(jnp.asarray(batch.roles[r]) for r in ROLE_FIELDS))
+    for name in want:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+    acc = Accumulator(f, np.ones(1, np.int64), top_k=1, n_intervals=1, per_interval=1)
+    dense = acc.pairs(np.asarray(z), 0)
+    sparse = acc.pairs(codes, 0)
+    zn = np.asarray(z)
+    assert ((zn[:, 3] > 0) & (zn[:, 7] == 0)).any()  # the tie cut at the k-th place, to the lower latent
+    assert len(dense[0]) > n  # most slots fire; some of the k do not (pre <= 0)
+    assert len(dense[0]) < k * (n - 7)
+    order = np.lexsort((sparse[0], sparse[1]))  # within a token, TopK codes come by value, not latent
+    for a, b in zip((p[order] for p in sparse), dense):
+        np.testing.assert_array_equal(a, b)
+    assert np.all(np.diff(sparse[1]) >= 0)  # token order

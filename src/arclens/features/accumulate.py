@@ -110,6 +110,13 @@ class Captures:
             del self.samples[r]
 
 
+def topk_pairs(latent, value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The firing pairs of TopK codes ``(latent, value) [N, k]``, in token order."""
+    latent, value = np.asarray(latent), np.asarray(value)
+    tok, slot = np.nonzero(value > 0)
+    return latent[tok, slot].astype(np.int32), tok.astype(np.int64), value[tok, slot]
+
+
 def host_pairs(z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     zh = np.asarray(z)
     tok, lat = np.nonzero(zh > 0)
@@ -158,9 +165,12 @@ class Accumulator:
         self._batches = 0
 
     def pairs(self, z, n_expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The batch's firing pairs (latent, token, value), sorted by token then latent: cut on
-        the device on an accelerator, so that only they come back; on the CPU backend ``z``
-        already is host memory, and numpy's nonzero is ~20x faster than XLA's there."""
+        """The batch's firing pairs (latent, token, value), in token order. TopK codes
+        ``(latent, value)`` already are the pairs. Dense ``z``: cut on the device on an
+        accelerator, so that only they come back; on the CPU backend ``z`` already is host
+        memory, and numpy's nonzero is ~20x faster than XLA's there."""
+        if isinstance(z, tuple):
+            return topk_pairs(*z)
         if _on_cpu(z):
             return host_pairs(z)
         pairs, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)

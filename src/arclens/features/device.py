@@ -1,6 +1,14 @@
 """What runs on the device for each batch: the SAE encode, the per-latent reductions, and the
 firing (latent, token) pairs as a sparse list.
 
+A TopK SAE's codes are sparse by construction: ``lax.top_k`` gives each token's ``k`` latents and
+values, and those ARE the firing pairs. `topk_batch_stats` keeps them as ``[N, k]`` and reduces
+them with scatter-adds (``N x k`` entries, ``N x k x 8`` for the roles), so the dense ``[N, F]``
+codes are never built, scanned or searched for nonzeros (on XLA's CPU backend that was about
+two thirds of the step: the scatter into ``[N, F]``, three column reductions over it, the role
+matmul and the host's nonzero). Other architectures are dense by nature and go through
+`batch_stats`.
+
 The mass by role is one matmul: the activations ``z [N, F]`` against a one-hot matrix of the
 tokens' roles ``[N, R]`` (features/layout.py), so adding a role costs a column, not a pass. (The
 firing counts by role and activation interval, for coverage, come from the sparse pairs on the
@@ -16,8 +24,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from arclens.features.layout import BLOCKS, GRID_KINDS, MAX_SIDE, N_COLOURS
+from arclens.features.layout import BLOCKS, GRID_KINDS, MAX_SIDE, N_COLOURS, N_ROLE_COLUMNS
 from arclens.sae import SAE, encode
+from arclens.sae.model import pre_activations
 
 ROLE_FIELDS = ("kind", "colour", "shown", "row", "col", "border")
 
@@ -57,6 +66,47 @@ def batch_stats(sae: SAE, x, valid, kind, colour, shown, row, col, border):
             "role_tokens": jnp.sum(roles, axis=0),
         }
     return z, stats
+
+
+def topk_codes(sae: SAE, x):
+    """A TopK SAE's codes as ``(latent [N, k] int32, value [N, k])``: the very selection of
+    `arclens.sae.encode` (``lax.top_k`` of the same pre-activations, ReLU'd; ties to the lower
+    index), before it is scattered into a dense ``[N, F]``."""
+    values, latents = jax.lax.top_k(pre_activations(sae, x), sae.cfg.k)
+    return latents.astype(jnp.int32), jax.nn.relu(values)
+
+
+@jax.jit
+def topk_batch_stats(sae: SAE, x, valid, role_cols):
+    """`batch_stats` for a TopK SAE, from its ``[N, k]`` codes. ``role_cols`` int16 ``[N, 8]``:
+    each token's role columns (layout.role_columns, -1 for none). Returns ((latent, value), stats)
+    with ``value`` 0 where the latent does not fire or the slot is padding."""
+    with jax.default_matmul_precision("float32"):
+        latent, value = topk_codes(sae, x)
+    value = value.astype(jnp.float32) * valid[:, None]
+    f, r = sae.cfg.d_sae, N_ROLE_COLUMNS
+    cols = jnp.where(role_cols >= 0, role_cols.astype(jnp.int32), r)  # column r: "no role", dropped below
+    per_role = (latent[:, :, None] * (r + 1) + cols[:, None, :]).reshape(-1)
+    spread = jnp.broadcast_to(value[:, :, None], (*value.shape, cols.shape[1])).reshape(-1)
+    stats = {
+        "n_fires": jnp.zeros(f, jnp.int32).at[latent].add((value > 0).astype(jnp.int32)),
+        "mass": jnp.zeros(f, jnp.float32).at[latent].add(value),
+        "max": jnp.zeros(f, jnp.float32).at[latent].max(value),
+        "role_mass": jnp.zeros(f * (r + 1), jnp.float32).at[per_role].add(spread).reshape(f, r + 1)[:, :r],
+        "role_tokens": jnp.zeros(r + 1, jnp.float32).at[cols.reshape(-1)].add(
+            jnp.repeat(valid, cols.shape[1]))[:r],
+    }
+    return (latent, value), stats
+
+
+def encode_batch(sae: SAE, batch):
+    """One batch (features/batch.py) through the SAE on the device: (codes, stats), where codes
+    is ``z [N, F]`` for a dense SAE or ``(latent, value) [N, k]`` for a TopK one
+    (Accumulator.pairs takes either)."""
+    x, valid = jnp.asarray(batch.x), jnp.asarray(batch.valid)
+    if sae.cfg.architecture == "topk":
+        return topk_batch_stats(sae, x, valid, jnp.asarray(batch.role_cols))
+    return batch_stats(sae, x, valid, *(jnp.asarray(batch.roles[name]) for name in ROLE_FIELDS))
 
 
 @partial(jax.jit, static_argnums=1)

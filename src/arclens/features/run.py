@@ -162,11 +162,10 @@ def _settings_json(s: FeaturesSettings) -> dict:
 
 def run(s: FeaturesSettings) -> dict:
     """The whole command: checks, one pass, the files. Returns a small summary."""
-    import jax.numpy as jnp
     import numpy as np
 
     from arclens.features.accumulate import Accumulator
-    from arclens.features.device import ROLE_FIELDS, batch_stats
+    from arclens.features.device import encode_batch
     from arclens.features.logits import TokenStrings, logit_effect
     from arclens.features.output import write_fdir
 
@@ -184,8 +183,7 @@ def run(s: FeaturesSettings) -> dict:
     progress = ProgressReporter(source.n_samples, enabled=s.progress)
     pending = None
     for batch in source.batches(s.batch_tokens):
-        roles = [jnp.asarray(batch.roles[name]) for name in ROLE_FIELDS]
-        z, stats = batch_stats(sae, jnp.asarray(batch.x), jnp.asarray(batch.valid), *roles)
+        z, stats = encode_batch(sae, batch)
         if pending is not None:  # the host folds in the previous batch while the device runs this one
             acc.update(*pending)
             progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
