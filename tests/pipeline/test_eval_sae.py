@@ -155,6 +155,9 @@ def test_one_program_per_batch_computes_the_shared_layers_once(tiny_model_dir, t
         later = config.n_layers - 1 - layer  # layers after the hook, run once per edited variant
         # one clean pass + three edited continuations + the head (in the chunk loop) + encode/decode
         assert n <= per_layer * (config.n_layers + 3 * later) + 1 + 3, (layer, n, per_layer)
+        # a residual hook's zero and mean come from one token after the pass: the spliced one only
+        n = dots(eval_sae_metrics._batch_sums, params, sae, None, *args, jnp.full((b,), 10, jnp.int32), config=config)
+        assert n <= per_layer * (config.n_layers + later) + 1 + 3, (layer, n, per_layer)
 
 
 def test_an_arclens_exports_model_fingerprint_decides_over_its_name(base_args, tmp_path, tiny_model_dir):
@@ -176,3 +179,34 @@ def test_an_arclens_exports_model_fingerprint_decides_over_its_name(base_args, t
     (sae / "arclens.json").write_text(json.dumps({"model_fingerprint": "sampled-sha256-v1:" + "0" * 64}))
     with pytest.raises(cli.UserError, match="made for model 'a-name-that-matches-nothing'"):
         validate(args)
+
+
+def test_a_residual_hooks_zero_and_mean_from_one_token_equal_the_full_passes(tiny_model_dir, tokenizer, tmp_path,
+                                                                              monkeypatch):
+    """At resid_pre/resid_mid/resid_post, zero or mean ablation makes the residual stream one vector,
+    so evaluate computes those two CEs from one token's logits and the target counts; they equal
+    the four-variant program's full forward passes (resid_post is also checked against
+    transformers in test_eval_sae_reference.py)."""
+    from arclens.data.loaders import load_tasks
+    from arclens.prompts import PromptConfig, render_samples
+    from arclens.sae import load
+
+    _, config, params = load_model(str(tiny_model_dir), jnp.float32)
+    tasks = load_tasks(str(write_small_tasks(tmp_path / "tasks.json", 3)), None, None)
+    samples = list(render_samples(tasks, tokenizer, PromptConfig(augment=False, with_answer=True)))
+    prompts = eval_sae_metrics.eval_prompts(samples, tokenizer)
+    for hook in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid"):
+        sae = load(str(_save_sae(tmp_path / hook, hook=hook)))
+        fast = eval_sae_metrics.evaluate(sae, params, config, prompts, tokens_per_batch=4096, max_shapes=1)
+        with monkeypatch.context() as m:
+            m.setattr(eval_sae_metrics, "CONSTANT_STREAM_KINDS", ())
+            full = eval_sae_metrics.evaluate(sae, params, config, prompts, tokens_per_batch=4096, max_shapes=1)
+        assert fast["mean_ablation"] != full["mean_ablation"]
+        for k in ("all", "answer"):
+            ce, ref = fast["ce"][k], full["ce"][k]
+            for v in eval_sae_metrics.VARIANTS:  # measured: within 3e-7
+                assert ce[v] == pytest.approx(ref[v], rel=1e-6), (hook, k, v)
+            for v in ("zero", "mean"):  # the ablations move the CE by far more than the tolerance
+                assert abs(ref[v] - ref["clean"]) > 1e-4 * ref["clean"], (hook, k, v)
+        for key in ("n_tokens", "kl", "fvu", "l0", "dead_frac"):
+            assert fast[key] == pytest.approx(full[key], rel=1e-6), key

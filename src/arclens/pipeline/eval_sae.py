@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arclens.errors import UserError
-from arclens.pipeline.eval_sae_metrics import MEAN_ABLATION_NOTE, VARIANTS, eval_prompts, evaluate
+from arclens.pipeline.eval_sae_metrics import VARIANTS, eval_prompts, evaluate
 
 DEFAULT_TOKENS_PER_BATCH = {"cpu": 4096}
 DEFAULT_TOKENS_PER_BATCH_ACCEL = 16384  # four forward passes of activations live at once
@@ -239,7 +239,6 @@ def run(s: EvalSettings, *, progress: bool = True) -> dict:
         "hook_out": cfg.output_hook,
         "architecture": cfg.architecture,
         "d_sae": cfg.d_sae,
-        "mean_ablation": MEAN_ABLATION_NOTE,
         "arclens_version": __version__,
     }
 

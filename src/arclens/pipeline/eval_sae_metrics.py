@@ -3,17 +3,24 @@ training prompts in, the metrics of SPEC.md section 6 out.
 
 Device passes (docs/INTERVENTIONS.md):
 
-1. **The mean, first.** Mean ablation needs the hook's mean over the evaluated tokens before any
-   batch can use it, so a first pass runs every batch through the layers up to the hook only
-   (``forward`` stops after the deepest requested hook: no later layers, no LM head) and sums
-   the activation in float32 per batch, float64 across batches.
-2. **One program per batch.** The four variants are four ``forward`` calls with different edits
-   inside one jitted function; the layers before the edit are the same computation on the same
-   inputs in all four, and XLA's common-subexpression pass computes them once (checked by
-   counting the compiled program's dot products in tests/pipeline/test_eval_sae.py). The LM head
-   runs over position chunks (``lax.map``), so ``[B, T, V]`` logits never exist at once; per
-   chunk it gives the four cross-entropies and the KL. Only sums leave the device.
-
+1. **The mean, first** (an ``attn_out`` or ``mlp_out`` hook). Mean ablation needs the hook's mean
+   over the evaluated tokens before any batch can use it, so a first pass runs every batch through
+   the layers up to the hook only (``forward`` stops after the deepest requested hook: no later
+   layers, no LM head) and sums the activation in float32 per batch, float64 across batches.
+2. **One program per batch.** The variants are ``forward`` calls with different edits inside one
+   jitted function; the layers before the edit are the same computation on the same inputs in
+   all of them, and XLA's common-subexpression pass computes them once (checked by counting the
+   compiled program's dot products in tests/pipeline/test_eval_sae.py). The LM head runs over
+   position chunks (``lax.map``), so ``[B, T, V]`` logits never exist at once; per chunk it gives
+   the variants' cross-entropies and the KL. Only sums leave the device.
+3. **A residual hook's zero and mean ablations need no pass at all.** Replacing ``resid_pre``,
+   ``resid_mid`` or ``resid_post`` by one vector at every position makes the rest of the model
+   see the same vector everywhere: attention averages identical values (``sum_s p_s v = v``),
+   so every later activation, and the logits, are one vector, the same at every position. Their
+   cross-entropy is then ``-counts . log_softmax(logits)`` with ``counts`` the targets'
+   histogram (host side), and those logits are one token's forward pass, run once at the end
+   with the mean from pass 2's clean captures. So a residual hook costs one program per batch
+   with two variants (clean, spliced) and no first pass: about half the work of four.
 Tokens: position p of a prompt predicts its token p + 1. ``all`` is every such prediction;
 ``answer`` those whose target is in the assistant's reply (after the last assistant header),
 what arc24 fine-tunes on. FVU, L0 and the dead fraction are over the ``all`` tokens.
@@ -29,9 +36,15 @@ import numpy as np
 from arclens.errors import UserError
 
 VARIANTS = ("clean", "spliced", "zero", "mean")
-MAX_SHAPES = 8  # compiled batch lengths per run (two programs each: the mean pass and the eval)
-LOGITS_CHUNK_ELEMENTS = 1 << 27  # 4 variants x rows x positions x vocab per head chunk (512 MB fp32)
-MEAN_ABLATION_NOTE = "the hook's mean over every evaluated token, from a first pass up to the hook's layer"
+MAX_SHAPES = 8  # compiled batch lengths per run (up to two programs each: the mean pass and the eval)
+LOGITS_CHUNK_ELEMENTS = 1 << 27  # variants x rows x positions x vocab per head chunk (512 MB fp32)
+# Hooks whose zero/mean ablation turns the residual stream into one vector (module docstring, 3).
+CONSTANT_STREAM_KINDS = ("resid_pre", "resid_mid", "resid_post")
+MEAN_ABLATION_NOTE = {
+    "pass": "the hook's mean over every evaluated token, from a first pass up to the hook's layer",
+    "constant": "the hook's mean over every evaluated token; the residual stream replaced by one vector gives "
+                "one logit vector for every position, computed once after the pass",
+}
 
 
 @dataclass(frozen=True)
@@ -99,16 +112,16 @@ def _mean_sums(params, tokens, lengths, answer_start, *, config, hook):
     return jnp.sum(jnp.where(predicting[..., None], x, 0.0), axis=(0, 1)), jnp.sum(predicting)
 
 
-def _chunk(batch: int, seq_len: int, vocab: int) -> int:
+def _chunk(variants: int, batch: int, seq_len: int, vocab: int) -> int:
     """Positions per head chunk: a power of two dividing seq_len within LOGITS_CHUNK_ELEMENTS."""
     c = 1
-    while seq_len % (2 * c) == 0 and 4 * batch * (2 * c) * vocab <= LOGITS_CHUNK_ELEMENTS:
+    while seq_len % (2 * c) == 0 and variants * batch * (2 * c) * vocab <= LOGITS_CHUNK_ELEMENTS:
         c *= 2
     return c
 
 
 def _token_losses(params, config, finals, targets):
-    """``finals`` [4, B, T, D] final residuals of the variants -> (ce [4, B, T], kl [B, T]), in
+    """``finals`` [V, B, T, D] final residuals of the variants -> (ce [V, B, T], kl [B, T]), in
     float32, KL(clean || spliced) with variant 0 clean and 1 spliced."""
     import jax
     import jax.numpy as jnp
@@ -116,23 +129,24 @@ def _token_losses(params, config, finals, targets):
     from arclens.model.qwen import unembed
 
     nv, b, t, d = finals.shape
-    c = _chunk(b, t, config.vocab_size)
+    c = _chunk(nv, b, t, config.vocab_size)
     xs = finals.reshape(nv, b, t // c, c, d).transpose(2, 0, 1, 3, 4)
     tg = targets.reshape(b, t // c, c).transpose(1, 0, 2)
 
     def one(args):
         h, tgt = args
-        logp = jax.nn.log_softmax(unembed(params, config, h, dtype=jnp.float32), axis=-1)  # [4, B, c, V]
+        logp = jax.nn.log_softmax(unembed(params, config, h, dtype=jnp.float32), axis=-1)  # [nv, B, c, V]
         ce = -jnp.take_along_axis(logp, jnp.broadcast_to(tgt[None, ..., None], (nv, b, c, 1)), axis=-1)[..., 0]
         kl = jnp.sum(jnp.exp(logp[0]) * (logp[0] - logp[1]), axis=-1)
         return ce, kl
 
-    ce, kl = jax.lax.map(one, (xs, tg))  # [n, 4, B, c], [n, B, c]
+    ce, kl = jax.lax.map(one, (xs, tg))  # [n, nv, B, c], [n, B, c]
     return ce.transpose(1, 2, 0, 3).reshape(nv, b, t), kl.transpose(1, 0, 2).reshape(b, t)
 
 
 def _batch_sums(params, sae, mean_act, tokens, lengths, answer_start, *, config):
-    """One batch, one program: every sum the metrics need (module docstring, pass 2)."""
+    """One batch, one program: every sum the metrics need (module docstring, pass 2). Variants
+    clean, spliced, and zero and mean unless ``mean_act`` is None (a residual hook: pass 3)."""
     import jax.numpy as jnp
 
     from arclens.model.edits import mean, zero
@@ -144,7 +158,7 @@ def _batch_sums(params, sae, mean_act, tokens, lengths, answer_start, *, config)
     last = f"blocks.{config.n_layers - 1}.hook_resid_post"
     clean = forward(params, config, tokens, lengths, hooks=tuple({hook_in, hook_out, last}))
     finals = [clean[last]]
-    for edit in (splice(sae), zero(), mean(mean_act)):
+    for edit in (splice(sae),) if mean_act is None else (splice(sae), zero(), mean(mean_act)):
         finals.append(forward(params, config, tokens, lengths, hooks=(last,), edits={hook_out: edit})[last])
     predicting, answer, targets = _masks(tokens, lengths, answer_start)
     ce, kl = _token_losses(params, config, jnp.stack(finals), targets)
@@ -152,7 +166,7 @@ def _batch_sums(params, sae, mean_act, tokens, lengths, answer_start, *, config)
     out = {}
     for name, m in (("all", predicting), ("answer", answer)):
         out[f"n_{name}"] = jnp.sum(m)
-        out[f"ce_{name}"] = jnp.sum(jnp.where(m[None], ce, 0.0), axis=(1, 2))  # [4]
+        out[f"ce_{name}"] = jnp.sum(jnp.where(m[None], ce, 0.0), axis=(1, 2))  # [variants]
         out[f"kl_{name}"] = jnp.sum(jnp.where(m, kl, 0.0))
     z = encode(sae, clean[hook_in])
     x = clean[hook_out].astype(jnp.float32)
@@ -167,16 +181,40 @@ def _batch_sums(params, sae, mean_act, tokens, lengths, answer_start, *, config)
     return out
 
 
+def _constant_stream_logp(params, mean_act, *, config, hook):
+    """log-probabilities [2, V] (zero, mean) of the model with the residual stream at ``hook``
+    replaced by zeros or by ``mean_act``: the same at every position (module docstring, pass 3),
+    so one token's forward pass gives them."""
+    import jax
+    import jax.numpy as jnp
+
+    from arclens.model.edits import mean, zero
+    from arclens.model.qwen import forward, unembed
+
+    last = f"blocks.{config.n_layers - 1}.hook_resid_post"
+    one = jnp.zeros((1, 1), jnp.int32)
+    finals = [forward(params, config, one, hooks=(last,), edits={hook: e})[last][0, 0] for e in (zero(), mean(mean_act))]
+    return jax.nn.log_softmax(unembed(params, config, jnp.stack(finals), dtype=jnp.float32), axis=-1)
+
+
 _jitted: dict = {}
+_STATIC = {"mean": ("config", "hook"), "batch": ("config",), "constant": ("config", "hook")}
 
 
 def _jit(name):
     import jax
 
     if name not in _jitted:
-        fn = {"mean": _mean_sums, "batch": _batch_sums}[name]
-        _jitted[name] = jax.jit(fn, static_argnames=("config", "hook") if name == "mean" else ("config",))
+        fn = {"mean": _mean_sums, "batch": _batch_sums, "constant": _constant_stream_logp}[name]
+        _jitted[name] = jax.jit(fn, static_argnames=_STATIC[name])
     return _jitted[name]
+
+
+def _target_counts(prompts: list[EvalPrompt], vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each token id is predicted: over the ``all`` and the ``answer`` tokens."""
+    every = np.concatenate([p.token_ids[1:] for p in prompts])
+    answer = np.concatenate([p.token_ids[max(p.answer_start, 1):] for p in prompts])
+    return np.bincount(every, minlength=vocab), np.bincount(answer, minlength=vocab)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,16 +259,19 @@ def evaluate(sae, params, config, prompts: list[EvalPrompt], *, tokens_per_batch
     if not prompts:
         raise UserError("eval-sae: no prompts to evaluate")
     hook_out = sae.cfg.output_hook
+    constant = hook_out.rsplit(".hook_", 1)[1] in CONSTANT_STREAM_KINDS
     batches = list(_batches(prompts, tokens_per_batch, max_shapes))
-    mean_sum, count = np.zeros(config.d_model), 0
-    for k, (_, tokens, lengths, answer_start) in enumerate(batches):
-        s, n = _jit("mean")(params, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(answer_start),
-                            config=config, hook=hook_out)
-        mean_sum += np.asarray(s, np.float64)
-        count += int(n)
-        if progress:
-            progress("mean", k + 1, len(batches))
-    mean_act = jnp.asarray(mean_sum / max(count, 1), jnp.float32)
+    mean_act = None
+    if not constant:
+        mean_sum, count = np.zeros(config.d_model), 0
+        for k, (_, tokens, lengths, answer_start) in enumerate(batches):
+            s, n = _jit("mean")(params, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(answer_start),
+                                config=config, hook=hook_out)
+            mean_sum += np.asarray(s, np.float64)
+            count += int(n)
+            if progress:
+                progress("mean", k + 1, len(batches))
+        mean_act = jnp.asarray(mean_sum / max(count, 1), jnp.float32)
     totals = _Totals()
     for k, (_, tokens, lengths, answer_start) in enumerate(batches):
         out = _jit("batch")(params, sae, mean_act, jnp.asarray(tokens), jnp.asarray(lengths),
@@ -238,7 +279,13 @@ def evaluate(sae, params, config, prompts: list[EvalPrompt], *, tokens_per_batch
         totals.add(jax.device_get(out))
         if progress:
             progress("eval", k + 1, len(batches))
-    return _metrics(totals.sums)
+    s = totals.sums
+    if constant:
+        mean_act = jnp.asarray(s["sum_x"] / max(s["n_all"], 1), jnp.float32)
+        logp = np.asarray(_jit("constant")(params, mean_act, config=config, hook=hook_out), np.float64)  # [2, V]
+        for name, counts in zip(("all", "answer"), _target_counts(prompts, config.vocab_size), strict=True):
+            s[f"ce_{name}"] = np.concatenate([s[f"ce_{name}"], -(logp @ counts)])
+    return {**_metrics(s), "mean_ablation": MEAN_ABLATION_NOTE["constant" if constant else "pass"]}
 
 
 def _ratio(a: float, b: float) -> float | None:
