@@ -9,7 +9,7 @@ the tokens of the assistant's reply (``answer``); the loss recovered
 fraction on the same tokens. A transcoder reads its input hook and is spliced at its output hook.
 The device side is pipeline/eval_sae_metrics.py. Bad input (tasks without test outputs, an SAE
 for another model, width or hook) is one line and exit 2, before anything is computed or written;
-the JSON is written whole (a temporary file and a rename).
+the JSON is written whole (data/atomic.py: a temporary file and a rename).
 """
 
 from __future__ import annotations
@@ -156,20 +156,6 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror})") from None
 
 
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _default_tokens_per_batch() -> int:
     import jax
 
@@ -276,8 +262,10 @@ def main(args) -> int:
     from arclens.pipeline.compile_cache import enable_compile_cache
 
     enable_compile_cache()
+    from arclens.data.atomic import replace_atomically
+
     result = run(settings)
-    _write_json(settings.out, result)
+    replace_atomically(settings.out, json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"wrote {settings.out}")
     return 0
