@@ -21,8 +21,9 @@ def test_features_benchmark_runs_and_reports_every_row(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["n_tokens"] > 1000
-    assert [r["run"] for r in res["results"]] == ["Store.batches (plain read)", "features source", "+ device step",
-                                                  "arclens features"]
+    assert [r["run"] for r in res["results"]] == ["Store.batches (plain read)", "Store.samples", "features source",
+                                                  "plain read + SAE codes", "+ device step",
+                                                  "features pass (no files)", "arclens features"]
     assert all(r["tokens_per_s"] > 0 and r["x_read"] > 0 for r in res["results"])
     header = next(line for line in proc.stdout.splitlines() if line.startswith("run"))
     assert header.split() == ["run", "seconds", "tokens/s", "x", "read"]

@@ -192,6 +192,7 @@ def run(s: FeaturesSettings) -> dict:
         acc.update(*pending)
         progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
     progress.close()
+    t_pass = time.perf_counter()
     logits = None
     strings = TokenStrings(p.tokenizer)
     if p.model_path is not None and s.logits > 0:
@@ -199,4 +200,7 @@ def run(s: FeaturesSettings) -> dict:
                               n_vocab=len(p.tokenizer) if p.tokenizer is not None else None)
     write_fdir(s.out, acc, header=p.header, keys=source.plan.keys, prompt=p.prompt, logits=logits,
                strings=strings, context=s.context)
-    return {"n_tokens": acc.n_tokens, "d_sae": acc.d_sae, "seconds": time.perf_counter() - t0}
+    t_end = time.perf_counter()
+    # pass: checks and the streaming pass (grows with tokens); write: logits and the files (with d_sae)
+    return {"n_tokens": acc.n_tokens, "d_sae": acc.d_sae, "seconds": t_end - t0, "pass_seconds": t_pass - t0,
+            "write_seconds": t_end - t_pass}
