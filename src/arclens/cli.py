@@ -142,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hooks", nargs="+", default=None, help="also store these hooks at every generated token")
     p.add_argument("--devices", type=int, default=None,
                    help="use the first N local devices, one model replica and batch stream each (default: all)")
+    g = p.add_argument_group("interventions: an SAE in the loop (docs/INTERVENTIONS.md); each flag repeatable, "
+                             "one edit per hook")
+    g.add_argument("--splice", action="append", default=None, metavar="SAE_DIR",
+                   help="replace the SAE's hook by its reconstruction")
+    g.add_argument("--ablate", action="append", default=None, metavar="SAE_DIR:L1,L2,...",
+                   help="remove these latents' contributions at the SAE's hook")
+    g.add_argument("--steer", action="append", default=None, metavar="SAE_DIR:LATENT:ALPHA",
+                   help="add ALPHA units of the latent's decoder direction at the SAE's hook")
+    g.add_argument("--keep-error", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the SAE's reconstruction error back (default: no for --splice, yes for --ablate)")
+    g.add_argument("--edit-where", default=None, metavar="TOKENS",
+                   help="tokens the edits apply to: everywhere (default), answer, prompt, cells, cells:test_input, "
+                        "cells:train_input, cells:train_output, cells:N; join with '|'")
+    g.add_argument("--allow-other-model", action="store_true",
+                   help="use SAEs whose cfg.json names another model (same weights under another name)")
     _add_prompt_options(p)
     _add_distributed_options(p)
 
@@ -216,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints/ after the run")
     p.add_argument("--metrics-every", type=int, default=None, help="steps between metrics.jsonl lines")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--no-shuffle", action="store_true",
+                   help="train in the source's own order (stored / forward order): for comparisons only")
     g = p.add_argument_group("recipe (each default is the recipe; docs/SAE.md)")
     g.add_argument("--decoder-norm", choices=["unit", "free"], default=None,
                    help="unit-norm decoder rows after every step (default; free for relu)")

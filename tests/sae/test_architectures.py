@@ -88,7 +88,7 @@ def _aux_reference(p, cfg, x, residual, dead, n_dead):
 def test_auxk_pools_equal_auxk_over_every_latent(n_dead):
     p, x = _params(4), _x(5)
     cfg = dataclasses.replace(_cfg("topk", aux_k=8), aux_pool=S)  # pools up to every latent: exact
-    assert aux_capacities(8, S, S) == (8, 32, 40) and aux_capacities(8, S) == (8, 32)
+    assert aux_capacities(8, S, S) == (8, 16, 32, 40) and aux_capacities(8, S) == (8, 16, 32)
     dead = jnp.zeros((S,), bool).at[jax.random.permutation(jax.random.PRNGKey(n_dead), S)[:n_dead]].set(True)
     residual = _x(6) * 0.3
     ours = jax.jit(lambda p: auxk(p, cfg, x, residual, dead))(p)

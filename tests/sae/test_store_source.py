@@ -108,3 +108,11 @@ def test_bf16_store_is_fed_as_bf16(tmp_path):
     b = next(src.host_batches())
     assert b.arrays[synth_store.HOOKS[0]].dtype == np.dtype(ml_dtypes.bfloat16)  # upcast exactly on the device
     assert Position().to_json() == {"epoch": 0, "window": 0, "batch": 0}
+
+
+def test_without_shuffle_the_order_is_the_stored_order(store):
+    src = StoreSource(store, synth_store.HOOKS, batch_tokens=64, seed=5, shuffle=False)
+    ids = np.concatenate([_ids(b.arrays) for b in islice(src.host_batches(), store.n_tokens // 64)])
+    stored = np.concatenate([a[synth_store.HOOKS[0]][:, 0] for _, a in store.samples()])
+    np.testing.assert_array_equal(ids, stored[: len(ids)])
+

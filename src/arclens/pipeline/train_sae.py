@@ -181,7 +181,8 @@ def settings_from_args(args, source_tokens: int, width_of, fingerprint: dict) ->
         raise UserError(f"--checkpoint-every {args.checkpoint_every}: expected at least 1 step")
     tokens = (tokens // args.batch_tokens) * args.batch_tokens
     return R.TrainSettings(saes=specs, tokens=tokens, batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed,
-                           dtype=args.dtype, recipe=recipe_from_args(args), source=fingerprint)
+                           dtype=args.dtype, shuffle=not args.no_shuffle, recipe=recipe_from_args(args),
+                           source=fingerprint)
 
 
 def main(args) -> int:
@@ -213,7 +214,7 @@ def main(args) -> int:
         raise UserError(f"--batch-tokens {settings.batch_tokens}: must divide evenly over the mesh's "
                         f"{mesh.shape['data']} data shards (--mesh)")
     source = StoreSource(store, settings.hooks, batch_tokens=settings.batch_tokens, seed=settings.seed,
-                         dtype=settings.dtype)
+                         dtype=settings.dtype, shuffle=settings.shuffle)
     if runtime.is_leader:
         check_out(args.out)
     from arclens.pipeline.compile_cache import enable_compile_cache

@@ -170,13 +170,13 @@ def _compact(mask, size: int, start=0):
 
 
 def aux_capacities(aux_k: int, d_sae: int, max_pool: int | None = None) -> tuple[int, ...]:
-    """Sizes of the dead-latent pools AuxK is compiled for: aux_k * 4^j up to ``max_pool``
+    """Sizes of the dead-latent pools AuxK is compiled for: aux_k * 2^j up to ``max_pool``
     (default 4 aux_k), never more than d_sae."""
     top = min(d_sae, max_pool or 4 * aux_k)
     caps, c = [], aux_k
     while c < top:
         caps.append(c)
-        c *= 4
+        c *= 2
     return (*caps, top)
 
 

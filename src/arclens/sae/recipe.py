@@ -111,6 +111,7 @@ class TrainSettings:
     lr: float | None = None  # None: the recipe's width-scaled default, per SAE
     seed: int = 0
     dtype: str = "float32"  # of the activations fed to the SAEs; parameters are always float32
+    shuffle: bool = True  # False: the source's natural order (stored / forward order), for comparisons
     recipe: Recipe = field(default_factory=Recipe)
     source: dict = field(default_factory=dict, compare=False)  # fingerprint of the data source
 

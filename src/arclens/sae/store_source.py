@@ -69,7 +69,7 @@ def store_fingerprint(store) -> dict:
 
 class StoreSource:
     def __init__(self, store, hooks, *, batch_tokens: int, seed: int, dtype: str = "float32",
-                 buffer_shards: int = BUFFER_SHARDS, rows: slice | None = None):
+                 buffer_shards: int = BUFFER_SHARDS, rows: slice | None = None, shuffle: bool = True):
         self.store = store
         self.hooks = list(hooks)
         unknown = [h for h in self.hooks if h not in store.hooks]
@@ -79,6 +79,7 @@ class StoreSource:
             raise UserError(f"--store {store.dest}: no committed tokens to train on")
         self.batch_tokens = batch_tokens
         self.seed = seed
+        self.shuffle = shuffle  # False: stored order (index files, then tokens), for comparisons
         self.buffer_shards = max(1, buffer_shards)
         self.rows = rows if rows is not None else slice(0, batch_tokens)
         stored = np.dtype(store.dtype)
@@ -103,8 +104,9 @@ class StoreSource:
 
     def windows(self, epoch: int) -> list[list]:
         views = self.store.shards
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(views))
-        views = [views[i] for i in order]
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(views))
+            views = [views[i] for i in order]
         return [views[i : i + self.buffer_shards] for i in range(0, len(views), self.buffer_shards)]
 
     def _pool(self, window: list, carry: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,6 +119,8 @@ class StoreSource:
         return pools
 
     def _permutation(self, epoch: int, window: int, n_rows: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(n_rows)
         return np.random.default_rng([self.seed, epoch, window]).permutation(n_rows)
 
     # -- the stream --------------------------------------------------------------------------

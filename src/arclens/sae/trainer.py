@@ -176,8 +176,8 @@ def _finished(fs, root: str, settings: R.TrainSettings) -> list[dict] | None:
     return None
 
 
-def train(settings: R.TrainSettings, source, options: RunOptions, *, mesh=None, runtime=None, stop=None,
-          log=None) -> TrainResult:
+def train(settings: R.TrainSettings, source, options: RunOptions, *, mesh=None, runtime=None,
+          stop=None) -> TrainResult:
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
