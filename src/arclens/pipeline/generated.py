@@ -3,6 +3,8 @@
 ``OUT/activations`` is a store of SPEC.md section 3 (``positions`` = ``"generated"``), written by
 the same StoreWriter as extract's, resumed by its committed keys, and committed before the
 window's predictions are appended (so a task in predictions.jsonl has its activations stored).
+With edits (``--splice/--ablate/--steer``) the store's metadata has the run's ``edits`` records:
+its activations are the edited model's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class GeneratedActivations:
             "tasks": tasks_section(s.tasks_source, s.tasks, s.prompt.with_answer),
             "generation": {"max_new_tokens": s.max_new_tokens, "decoding": "greedy"},
         }
+        if s.edits:  # the activations are the edited model's (a capture at an edited hook: the edited value)
+            meta["edits"] = [e.record for e in s.edits]
         open_or_create_store(self.dest, meta)
         self.committed = committed_keys(self.dest)
         self.writer = StoreWriter(self.dest, writer=writer_name(role="infer"))

@@ -8,8 +8,10 @@ are predictions.py; the vote into ``submission.json`` is submission.py (docs/INF
 - ``activations/`` (with ``--hooks``): an activation store (SPEC.md section 3) of the hooks at
   every generated token; committed before the window's predictions are appended, and resumed by
   its committed keys.
-- Interventions: ``infer(settings, edits=...)`` hands ``edits`` to every ``generate()`` call
-  (the seam for ``--splice/--ablate/--steer``, SPEC.md section 6); None changes nothing.
+- Interventions (``--splice/--ablate/--steer``, SPEC.md section 6; infer_edits.py): the edits are
+  built once (``settings.edits``), placed on each device with its replica's weights, and handed to
+  every ``generate()`` call with the prompts' token roles; infer.json, every prediction line and
+  the ``--hooks`` store record them. No edits: the run is exactly as without the feature.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from arclens.data.tasks import Task
 from arclens.errors import UserError
 from arclens.pipeline.generated import GeneratedActivations
 from arclens.pipeline.predictions import (
+    EDITS_KEY,
     FINGERPRINT_KEY,
     PREDICTIONS,
     SUBMISSION,
@@ -66,8 +69,10 @@ class InferSettings:
     chunk: int = 32
     model_fingerprint: str | None = None
     devices: int = 1  # the first N of jax.local_devices(); not a setting of the run (outputs do not depend on it)
+    edits: tuple = ()  # infer_edits.RunEdit, sorted by hook
 
     def to_json(self) -> dict:
+        edits = {EDITS_KEY: [e.record for e in self.edits]} if self.edits else {}
         return {
             "model": self.model,
             FINGERPRINT_KEY: self.model_fingerprint,
@@ -76,6 +81,7 @@ class InferSettings:
             "prompt": self.prompt.to_json(),
             "max_new_tokens": self.max_new_tokens,
             "hooks": [h.name for h in self.hooks],
+            **edits,
         }
 
 
@@ -91,6 +97,7 @@ class InferSummary:
     wall_s: float = 0.0
     device_kind: str = ""
     device_batches: list[int] = field(default_factory=list)  # batches generated on each device used
+    edits: str = ""  # infer_edits.describe of the run's edits, when it has some
 
     def lines(self) -> list[str]:
         rate = self.new_tokens / self.generate_s if self.generate_s else 0.0
@@ -104,7 +111,7 @@ class InferSummary:
             f"samples generated: {self.samples}, parsed into a grid: {self.parsed}, stops: {self.stop_reasons}",
             f"new tokens: {self.new_tokens} in {self.generate_s:.1f} s ({rate:.1f} tokens/s); wall {self.wall_s:.1f} s",
             devices,
-        ]
+        ] + ([f"edits: {self.edits}"] if self.edits else [])
 
 
 def _answer_budget(tokenizer, encoder) -> int:
@@ -162,6 +169,7 @@ def validate(args) -> InferSettings:
     from arclens.model.fingerprint import model_fingerprint
     from arclens.model.hooks import parse_hooks
     from arclens.model.loading import resolve_model
+    from arclens.pipeline.infer_edits import edits_from_args
     from arclens.prompts import PromptConfig, create_grid_encoder, load_tokenizer
 
     if args.num_processes not in (None, 1) or args.coordinator:
@@ -189,6 +197,7 @@ def validate(args) -> InferSettings:
     config = QwenConfig.from_pretrained(model_path)
     hooks = parse_hooks(args.hooks, config.num_hidden_layers) if args.hooks else ()
     fingerprint = model_fingerprint(model_path)  # before --out is touched: a bad checkpoint writes nothing
+    edits = edits_from_args(args, config, model_path, fingerprint)  # each SAE loaded and checked
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +211,7 @@ def validate(args) -> InferSettings:
         model=args.model, model_path=model_path, config=config, dtype=args.dtype, prompt=prompt, tasks=tasks,
         tasks_source=args.tasks, out=out, max_new_tokens=max_new,
         batch_size=args.batch_size or _default_batch_size(), hooks=hooks, model_fingerprint=fingerprint,
-        devices=devices,
+        devices=devices, edits=edits,
     )
 
 
@@ -238,9 +247,17 @@ def _windows(tasks: Sequence[Task], keys: dict[str, set[str]], window_samples: i
 
 def infer(s: InferSettings, *, progress: bool = True, edits=None) -> InferSummary:
     """Predict every task of ``s`` not predicted yet (resume), then write the submission.
-    ``edits``: handed unchanged to every ``generate()`` call (interventions); None: the model as is."""
+    ``edits``: ``{hook: Edit}`` from Python (any edit, recorded by infer_edits.library_edits), or
+    None: ``s.edits`` (the flags' edits; none: the model as is)."""
+    from dataclasses import replace
+
+    from arclens.pipeline.infer_edits import describe, library_edits
     from arclens.pipeline.schedule import task_keys
 
+    if edits:
+        if s.edits:
+            raise ValueError("infer: edits given both in the settings and as an argument")
+        s = replace(s, edits=library_edits(edits, s.config.n_layers))
     check_settings(s.out, s.to_json())
     pred_path = s.out / PREDICTIONS
     expected = {t.task_id: set(task_keys(t, s.prompt)) for t in s.tasks}
@@ -253,10 +270,11 @@ def infer(s: InferSettings, *, progress: bool = True, edits=None) -> InferSummar
     if len(kept) != len(records) or torn:
         rewrite_lines(pred_path, kept)
     records = kept
-    summary = InferSummary(tasks=len(s.tasks), skipped_tasks=len(done))
+    summary = InferSummary(tasks=len(s.tasks), skipped_tasks=len(done),
+                           edits=describe([e.record for e in s.edits]) if s.edits else "")
     pending = [t for t in s.tasks if t.task_id not in done]
     if pending:
-        records += _generate_tasks(s, pending, expected, summary, progress, edits)
+        records += _generate_tasks(s, pending, expected, summary, progress)
     atomic_write_json(s.out / SUBMISSION, build_submission(s.tasks, records))
     return summary
 
@@ -279,10 +297,11 @@ class _Window:
     new_tokens: int = 0
 
 
-def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, progress: bool, edits) -> list[dict]:
+def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, progress: bool) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
+    from arclens.model.edits import PromptRoles
     from arclens.model.generate import GenerateStats, StopRule, generate, tokenizer_fence_tables
     from arclens.model.loading import load_params
     from arclens.prompts import create_grid_encoder, load_tokenizer, render_samples
@@ -296,12 +315,17 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
         stop = StopRule(eos_ids=stop.eos_ids, fence_count=fc, fence_state=fs)
     pad_id = int(tokenizer.pad_token_id or 0)
 
-    intervene = {} if edits is None else {"edits": edits}  # the one place interventions enter the run
+    # The one place interventions enter the run: the edits (their params, e.g. an SAE's arrays)
+    # are replicated with the weights, so each device's generate() reads only its own copies.
+    edits = {e.hook: e.edit for e in s.edits} or None
+    edit_records = [e.record for e in s.edits]
 
-    def run(replica, prompts, needed):
+    def run(replica, prompts, needed, roles):
+        replica_params, replica_edits = replica
+        intervene = {} if replica_edits is None else {"edits": replica_edits, "roles": roles}
         stats = GenerateStats()
         gens = list(generate(
-            replica, s.config, prompts, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, stop=stop,
+            replica_params, s.config, prompts, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, stop=stop,
             fences_needed=needed, hooks=s.hooks, chunk=s.chunk, pad_id=pad_id, stats=stats, **intervene,
         ))
         return gens, stats
@@ -310,8 +334,8 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
     summary.device_kind = devices[0].device_kind
     summary.device_batches = [0] * len(devices)
     if progress:
-        print(f"generating on {len(devices)} device(s) ({devices[0].device_kind}), one model replica each",
-              file=sys.stderr)
+        print(f"generating on {len(devices)} device(s) ({devices[0].device_kind}), one model replica each"
+              + (f"; edits: {summary.edits}" if summary.edits else ""), file=sys.stderr)
     store = GeneratedActivations(s, tokenizer, encoder) if s.hooks else None
     new_records: list[dict] = []
     windows = _windows(pending, expected, s.batch_size * WINDOW_BATCHES)
@@ -333,7 +357,10 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
         batches = window_batches([len(smp.token_ids) for smp in samples], s.batch_size)
         state[w] = _Window(tasks=windows[w], samples=samples, batches=batches)
         for b, idx in enumerate(batches):
-            pool.submit(w, b, [samples[i].token_ids for i in idx], needed[idx])
+            # Token roles for the edits' filters, as generate() documents them: the prompt's own,
+            # and every generated token part of the answer and no known cell.
+            roles = [PromptRoles.from_sample(samples[i]) for i in idx] if edits else None
+            pool.submit(w, b, [samples[i].token_ids for i in idx], needed[idx], roles)
         return len(batches)
 
     def write(w: int, win: _Window) -> None:
@@ -342,7 +369,7 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
         for b, idx in enumerate(win.batches):  # the order one generate() over the window yields in
             for j, gen in win.results[b]:
                 sample = win.samples[idx[j]]
-                rec = prediction_record(sample, gen, tokenizer, encoder)
+                rec = prediction_record(sample, gen, tokenizer, encoder, edit_records)
                 window_records.append(rec)
                 if store is not None:
                     store.add(sample, gen)
@@ -364,7 +391,7 @@ def _generate_tasks(s: InferSettings, pending, expected, summary: InferSummary, 
             )
         t_last = now
 
-    pool = DeviceReplicas(params, devices, run)
+    pool = DeviceReplicas((params, edits), devices, run)
     try:
         while True:
             while fed < len(windows) and (fed == written or (in_flight < max_in_flight

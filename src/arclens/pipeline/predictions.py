@@ -1,8 +1,9 @@
 """`arclens infer`'s files in ``--out DIR`` and its resume (docs/INFERENCE.md).
 
 - ``infer.json``: the settings of the run. A re-run into the same DIR with other settings is
-  refused (the model compared by fingerprint where both runs have one); with the same ones it
-  resumes.
+  refused (the model compared by fingerprint where both runs have one; the edits of
+  ``--splice/--ablate/--steer`` by kind, hook, SAE fingerprint, latents, alpha, error term and
+  filter); with the same ones it resumes.
 - ``predictions.jsonl``: one line per sample (SPEC.md section 2), appended a window of whole
   tasks at a time and fsynced, so the file only ever grows by complete tasks. On resume a task
   whose every sample key is in the file is skipped; lines of an incomplete task (a torn write)
@@ -25,6 +26,7 @@ PREDICTIONS = "predictions.jsonl"
 SUBMISSION = "submission.json"
 SETTINGS = "infer.json"
 FINGERPRINT_KEY = "model_fingerprint"
+EDITS_KEY = "edits"  # infer.json and each prediction line of a run with --splice/--ablate/--steer
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -78,7 +80,11 @@ def check_settings(out: Path, settings: dict) -> None:
             old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: unreadable ({e}); remove it or use another --out") from None
-        diffs = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        from arclens.pipeline.infer_edits import differences
+
+        # A run without edits has no "edits" key (its infer.json is as it was before edits existed).
+        edit_diffs = differences(old.get(EDITS_KEY) or [], settings.get(EDITS_KEY) or [])
+        diffs = sorted(k for k in (set(old) | set(settings)) - {EDITS_KEY} if old.get(k) != settings.get(k))
         from arclens.store.metadata import fingerprints_comparable
 
         if fingerprints_comparable(old.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)):
@@ -87,15 +93,17 @@ def check_settings(out: Path, settings: dict) -> None:
             diffs = [k for k in diffs if k != "model"]
         else:  # a run directory from before fingerprints: compare by name, as it did
             diffs = [k for k in diffs if k != FINGERPRINT_KEY]
-        if diffs:
-            details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diffs[:4])
+        if diffs or edit_diffs:
+            details = "; ".join(edit_diffs[:4] + [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
+                                                  for k in diffs[:4]])
             raise UserError(f"--out {out} holds a run with other settings ({details}); use another --out")
         return
     atomic_write_json(path, settings)
 
 
-def prediction_record(sample, gen, tokenizer, encoder) -> dict:
-    """One line of predictions.jsonl (SPEC.md section 2) for a sample and its Generation."""
+def prediction_record(sample, gen, tokenizer, encoder, edits: list[dict] | None = None) -> dict:
+    """One line of predictions.jsonl (SPEC.md section 2) for a sample and its Generation; with
+    ``edits`` (the run's edit records, infer_edits.py) the line says which edits produced it."""
     from arclens.prompts import parse_grid, validate_grid
 
     text = tokenizer.decode(gen.token_ids.tolist(), skip_special_tokens=True)
@@ -118,4 +126,5 @@ def prediction_record(sample, gen, tokenizer, encoder) -> dict:
         "stop_reason": gen.stop_reason,
         "grid": grid_to_json(grid),
         "reverted_grid": grid_to_json(reverted),
+        **({EDITS_KEY: edits} if edits else {}),
     }

@@ -1,5 +1,8 @@
 """Device replicas for `arclens infer`: one parameter copy and one worker thread per local device.
 
+What is replicated is any pytree: the model's weights, and with ``--splice/--ablate/--steer`` the
+edits' params too (an SAE's arrays), so every array a worker's jitted calls read is on its device.
+
 Data parallelism over the local devices of one process (``--devices N``, default all). Batches
 are formed per window exactly as one ``generate()`` call over the window forms them, so every
 batch is the same computation whatever the number of devices; the run writes whole windows in
@@ -14,9 +17,10 @@ import threading
 
 
 class DeviceReplicas:
-    """One worker thread per device, each with its own parameter replica, pulling ``(window,
-    batch, prompts, fences_needed)`` jobs from a shared queue and putting ``(device index, job,
-    generations, stats)`` on the results queue (or the exception that stopped it).
+    """One worker thread per device, each with its own replica of ``state`` (a pytree: the weights,
+    or ``(weights, edits)``), pulling ``(window, batch, *args)`` jobs from a shared queue, calling
+    ``run(replica, *args)`` and putting ``(device index, job, *its result)`` on the results queue
+    (or the exception that stopped it).
 
     A worker runs ``generate()`` under ``jax.default_device(its device)``: the numpy inputs and the
     small arrays generate() makes (EOS ids, fence tables, tokens, lengths, compaction indices) are
@@ -26,23 +30,25 @@ class DeviceReplicas:
     on another device is a placement bug and fails loudly instead of copying at every step. XLA
     releases the GIL while it runs, so the devices work at once."""
 
-    def __init__(self, params, devices, run):
+    def __init__(self, state, devices, run):
         self.devices = list(devices)
         self.jobs: queue.Queue = queue.Queue()
         self.results: queue.Queue = queue.Queue()
         self._run = run
         self._threads = [
-            threading.Thread(target=self._work, args=(k, d, params), name=f"arclens-infer-{d}", daemon=True)
+            threading.Thread(target=self._work, args=(k, d, state), name=f"arclens-infer-{d}", daemon=True)
             for k, d in enumerate(self.devices)
         ]
         for t in self._threads:
             t.start()
 
-    def _work(self, k, device, params) -> None:
+    def _work(self, k, device, state) -> None:
         import jax
 
         try:
-            replica = jax.device_put(params, device)  # a no-op on the device the weights were loaded to
+            # An explicit copy (a no-op on the device the arrays were loaded to), made before the
+            # guard: inside it only arrays already on this device may be used.
+            replica = jax.device_put(state, device)
             while (job := self.jobs.get()) is not None:
                 with jax.default_device(device), jax.transfer_guard_device_to_device("disallow"):
                     out = self._run(replica, *job[2:])
@@ -50,8 +56,8 @@ class DeviceReplicas:
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
             self.results.put((k, None, e, None))
 
-    def submit(self, window: int, batch: int, prompts, needed) -> None:
-        self.jobs.put((window, batch, prompts, needed))
+    def submit(self, window: int, batch: int, *args) -> None:
+        self.jobs.put((window, batch, *args))
 
     def result(self):
         """The next finished job: ``(device index, (window, batch), generations, stats)``."""
