@@ -168,8 +168,12 @@ def train(params, config, examples: list[Example], *, steps: int, batch_tokens: 
           seed: int, stop=None, log=None, log_every_s: float = 10.0) -> TrainResult:
     """``steps`` AdamW steps over ``examples``; each epoch reshuffled by a generator seeded ``seed``.
     ``stop`` (a pipeline.stopping.StopRequest) ends the loop between steps."""
+    import jax
+
     opt, step = _step_fn(config, steps, lr, warmup)
-    state = opt.init(params)
+    # opt.init makes its step counters as uncommitted scalars, and the step's outputs are committed:
+    # left so, the second step would compile the first shape again (a jit cache entry per placement)
+    state = jax.device_put(opt.init(params), jax.tree.leaves(params)[0].sharding)
     rng = np.random.default_rng(seed)
     plan: list[list[int]] = []
     history, tokens_seen, t0, last_log = [], 0, time.perf_counter(), time.perf_counter()
