@@ -194,6 +194,27 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert (busy / "x").read_text() == "keep me"
 
 
+def test_toy_logits_are_forwards_logits(tiny_model_dir):
+    """The trainer's logits (the model's building blocks, attention in query blocks of 128) are
+    forward()'s, on right-padded rows of every kind: full, partial across a block edge, empty."""
+    import jax.numpy as jnp
+
+    from arclens.model.loading import load_model
+    from arclens.model.qwen import forward_jit
+    from arclens.pipeline.toy_training import ATTN_Q_BLOCK, toy_logits
+
+    _, config, params = load_model(str(tiny_model_dir), dtype=jnp.float32)
+    t = 3 * ATTN_Q_BLOCK + 40  # not a multiple of the block
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (4, t)).astype(np.int32)
+    lengths = np.array([t, ATTN_Q_BLOCK + 7, 1, 0], np.int32)
+    ours = np.asarray(toy_logits(params, config, jnp.asarray(tokens), jnp.asarray(lengths)))
+    ref = np.asarray(forward_jit(params, config, jnp.asarray(tokens), jnp.asarray(lengths), logits=True,
+                                 attn_impl="xla")["logits"])
+    for row, n in enumerate(lengths):  # values at padded positions are meaningless in both
+        np.testing.assert_allclose(ours[row, :n], ref[row, :n], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(ours).all()
+
+
 def test_answer_start_is_after_the_last_assistant_header(tokenizer):
     header = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
     text = "<|im_start|>assistant\nnot this<|im_end|>\n<|im_start|>user\nq<|im_end|>\n" + ASSISTANT_HEADER + "12\n3"
