@@ -9,6 +9,7 @@ written to a temporary folder (or ``--store-dir``, reused when it holds them):
 
 - ``uniform``: 512 atoms in d=128, uniform frequencies, d_sae 1024;
 - ``zipf``: 2048 atoms in d=128, Zipf(0.9) frequencies, d_sae 2048 (the issue's bar);
+- ``zipf-centred`` (``--stores zipf-centred``): the same without the common offset of norm 2;
 
 about 8 atoms a token, TopK k=8, batches of 4096 tokens, ``--tokens`` (1.2M) training tokens.
 
@@ -45,6 +46,8 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 STORES = {
     "uniform": {"n_atoms": 512, "d": 128, "zipf": None, "d_sae": 1024},
     "zipf": {"n_atoms": 2048, "d": 128, "zipf": 0.9, "d_sae": 2048},
+    # the same without the tokens' common offset (real activations have one; SAELens does not centre)
+    "zipf-centred": {"n_atoms": 2048, "d": 128, "zipf": 0.9, "d_sae": 2048, "offset": 0.0},
 }
 SMOKE = {"n_atoms": 64, "d": 32, "zipf": 0.9, "d_sae": 128}
 HOOK = "blocks.0.hook_resid_post"
@@ -74,7 +77,7 @@ def planted_store(name: str, spec: dict, folder: Path, n_tokens: int):
     import numpy as np
     from tests.support.planted import make_dictionary, write_planted_store
 
-    dic = make_dictionary(spec["n_atoms"], spec["d"], seed=0, zipf=spec["zipf"])
+    dic = make_dictionary(spec["n_atoms"], spec["d"], seed=0, zipf=spec["zipf"], offset_norm=spec.get("offset", 2.0))
     path = folder / f"{name}-{spec['n_atoms']}x{spec['d']}-{n_tokens}"
     if not (path / "metadata.json").exists():
         write_planted_store(path, dic, n_tokens, shard_bytes=32 << 20)

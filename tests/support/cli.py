@@ -45,7 +45,11 @@ def wait_ok(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 24
     """Every process exits 0 within ``timeout`` (else the assertion shows its log); none is left."""
     try:
         for p, log in zip(procs, logs):
-            rc = p.wait(timeout)
+            try:
+                rc = p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                tails = "\n".join(f"--- {q.name}:\n{q.read_text()[-3000:]}" for q in logs)
+                raise AssertionError(f"still running after {timeout:.0f}s:\n{tails}") from None
             assert rc == 0, f"exit {rc}:\n{log.read_text()[-4000:]}"
     finally:
         for p in procs:
