@@ -199,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile-examples", type=int, default=5, help="random examples per interval")
     p.add_argument("--context", type=int, default=8, help="tokens each side of an example")
     p.add_argument("--logits", type=int, default=10, help="tokens promoted and suppressed per latent (0: none)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per device batch")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="tokens per device batch (default: 4096 from a store; the extract job's default per device "
+                        "from a model)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="the model source's compute dtype (as extract --dtype)")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="the model source: run an SAE whose cfg names another model (same weights, other name)")
     p.add_argument("--png", type=int, nargs="+", default=None, metavar="LATENT",
                    help="also draw these latents' top examples as ARC grids: FDIR/figures/latent-L.png")
     p.add_argument("--png-dir", default=None, help="folder for the --png figures (default FDIR/figures)")

@@ -18,7 +18,8 @@ def settings_from_args(args):
         sae=args.sae, out=Path(args.out), store=args.store, model=args.model, tasks=args.tasks,
         solutions=args.solutions, max_tasks=args.max_tasks, prompt=prompt, top_k=args.top_k,
         quantiles=args.quantiles, quantile_examples=args.quantile_examples, context=args.context,
-        logits=args.logits, batch_tokens=args.batch_tokens,
+        logits=args.logits, batch_tokens=args.batch_tokens, dtype=args.dtype,
+        allow_other_model=args.allow_other_model,
     )
 
 
@@ -31,6 +32,10 @@ def features(args) -> int:
     png = getattr(args, "png", None)
     if png and any(latent < 0 for latent in png):
         raise UserError(f"--png: latents are numbered from 0, got {min(png)}")
+    if args.store is None:  # the model source compiles the capture shapes; a rerun loads them
+        from arclens.pipeline.compile_cache import enable_compile_cache
+
+        enable_compile_cache()
     summary = run(settings_from_args(args))
     print(f"arclens features: {summary['d_sae']} latents over {summary['n_tokens']:,} tokens in "
           f"{summary['seconds']:.1f} s -> {args.out}", file=sys.stderr)

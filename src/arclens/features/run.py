@@ -20,19 +20,21 @@ class FeaturesSettings:
     solutions: str | None = None
     max_tasks: int | None = None
     prompt: object | None = None  # prompts.PromptConfig, for the model source
+    dtype: str = "bfloat16"  # the model source's compute and capture dtype (as `arclens extract --dtype`)
+    allow_other_model: bool = False  # the model source: skip the SAE's model_name/fingerprint check
     top_k: int = 32
     quantiles: int = 10
     quantile_examples: int = 5
     context: int = 8
     logits: int = 10
-    batch_tokens: int = 4096
+    batch_tokens: int | None = None  # None: STORE_BATCH_TOKENS from a store, the extract job's default from a model
     progress: bool = True
 
     def check(self) -> None:
         for flag, value, low in (("--top-k", self.top_k, 1), ("--quantiles", self.quantiles, 1),
                                  ("--quantile-examples", self.quantile_examples, 1), ("--context", self.context, 0),
                                  ("--logits", self.logits, 0), ("--batch-tokens", self.batch_tokens, 1)):
-            if value < low:
+            if value is not None and value < low:
                 raise UserError(f"{flag}: expected a number >= {low}, got {value}")
 
 
@@ -46,6 +48,15 @@ class Prepared:
     prompt: dict
     model_path: Path | None
     tokenizer: object | None
+    batch_tokens: int  # what the source packs a batch to (a store), or the job's tokens per device (a model)
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+STORE_BATCH_TOKENS = 4096  # tokens a store source packs into one batch by default
 
 
 def _warn(msg: str) -> None:
@@ -107,8 +118,7 @@ def prepare_store(s: FeaturesSettings) -> Prepared:
     tasks = load_tasks(source_name, s.solutions)
     stored_fp = (meta.get("tasks") or {}).get("fingerprint")
     if stored_fp:
-        from arclens.features.sources import tasks_fingerprint
-        from arclens.store.metadata import fingerprints_comparable
+        from arclens.store.metadata import fingerprints_comparable, tasks_fingerprint
 
         with_answer = bool(prompt.get("with_answer"))
         now = tasks_fingerprint(tasks, with_answer)
@@ -127,14 +137,85 @@ def prepare_store(s: FeaturesSettings) -> Prepared:
     tokenizer = _model_checks(model_path, store.d_model)
     check_out(s.out)
     source = StoreSource(store, hook, TaskGrids(tasks, f"--tasks {source_name}"))
+    batch_tokens = s.batch_tokens or STORE_BATCH_TOKENS
     header = {"sae": str(Path(s.sae).resolve()) if "://" not in s.sae else s.sae,
               "sae_config": _sae_config(sae),
               "source": {"kind": "store", "store": s.store, "hook": hook, "positions": meta.get("positions"),
                          "model": str(model_path) if model_path else model_meta.get("name"),
                          "model_known": model_path is not None, "tasks": source_name, "prompt": prompt,
                          "n_samples": source.n_samples, "random_weights": model_meta.get("random_weights")},
-              "settings": _settings_json(s)}
-    return Prepared(sae, source, header, prompt, model_path, tokenizer)
+              "settings": _settings_json(s, batch_tokens)}
+    return Prepared(sae, source, header, prompt, model_path, tokenizer, batch_tokens)
+
+
+def prepare_model(s: FeaturesSettings) -> Prepared:
+    """The model source: every check of the SAE, the model, the prompts, the tasks and --out,
+    then the extract job (which loads the weights; still nothing written)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from arclens.data.loaders import load_tasks
+    from arclens.features.model_source import ModelSource
+    from arclens.features.output import check_out
+    from arclens.features.sources import TaskGrids
+    from arclens.model.config import QwenConfig
+    from arclens.model.fingerprint import model_fingerprint
+    from arclens.model.hooks import parse_hook
+    from arclens.model.loading import is_random_checkpoint, resolve_model
+    from arclens.pipeline.eval_sae import check_model
+    from arclens.pipeline.extract import check_tasks_for_prompts
+    from arclens.pipeline.job import ExtractJob
+    from arclens.pipeline.settings import CaptureSettings
+    from arclens.prompts import PromptConfig
+    from arclens.sae import load
+    from arclens.sae.edits import check_sae_for_model
+    from arclens.store.metadata import model_section, tasks_section
+
+    if s.model is None or s.tasks is None:
+        raise UserError("arclens features: give --store DEST, or --model MODEL --tasks SRC (the model source)")
+    sae = load(s.sae)
+    hook = sae.cfg.hook_name
+    if not hook:
+        raise UserError(f"--sae {s.sae}: its cfg.json names no metadata.hook_name, so its hook is unknown")
+    model_path = Path(resolve_model(s.model))
+    config = QwenConfig.from_pretrained(model_path)
+    check_sae_for_model(sae, config, f"--sae {s.sae}")  # its hooks are this model's, its d_in the model's width
+    fingerprint = model_fingerprint(model_path)
+    if not s.allow_other_model:
+        check_model(sae, s.sae, s.model, model_path, fingerprint)
+    prompt = s.prompt or PromptConfig()
+    prompt.validate()
+    capture = CaptureSettings(model=s.model, model_path=model_path, config=config,
+                              hooks=(parse_hook(hook, config.n_layers),), positions="all", dtype=s.dtype,
+                              prompt=prompt, tokens_per_batch=s.batch_tokens, model_fingerprint=fingerprint)
+    tasks = load_tasks(s.tasks, s.solutions, s.max_tasks)
+    if not tasks:
+        raise UserError(f"--tasks {s.tasks}: no tasks")
+    check_tasks_for_prompts(tasks, capture.prompt)
+    check_out(s.out)
+    job = ExtractJob(capture)  # loads the tokenizer and the weights: a broken checkpoint fails here
+    try:
+        # The activations arrive sharded over the job's mesh; the SAE goes to every device of it.
+        sae = jax.device_put(sae, NamedSharding(job.mesh, PartitionSpec()))
+        source = ModelSource(job, tasks, hook, TaskGrids(tasks, f"--tasks {s.tasks}"))
+    except BaseException:
+        job.close()
+        raise
+    batch_tokens = job.planner.tokens_per_batch // job.runner.data_parallel()
+    c = capture
+    random_weights = is_random_checkpoint(c.model_path)
+    header = {"sae": str(Path(s.sae).resolve()) if "://" not in s.sae else s.sae,
+              "sae_config": _sae_config(sae),
+              "source": {"kind": "model", "hook": hook, "positions": "all", "model": str(c.model_path),
+                         "model_known": True, "tasks": s.tasks, "prompt": c.prompt.to_json(),
+                         "n_samples": source.n_samples, "random_weights": random_weights,
+                         # what an `arclens extract` of this job would record in its metadata.json
+                         "model_metadata": model_section(c.model, c.config.to_json(), c.dtype,
+                                                         fingerprint=c.model_fingerprint,
+                                                         random_weights=random_weights),
+                         "tasks_metadata": tasks_section(s.tasks, tasks, c.prompt.with_answer)},
+              "settings": _settings_json(s, batch_tokens)}
+    return Prepared(sae, source, header, c.prompt.to_json(), Path(c.model_path), job.tokenizer, batch_tokens)
 
 
 def _model_checks(model_path: Path | None, d_model: int):
@@ -155,13 +236,23 @@ def _sae_config(sae) -> dict:
             "hook_name": c.hook_name, "hook_name_out": c.hook_name_out, "model_name": c.model_name}
 
 
-def _settings_json(s: FeaturesSettings) -> dict:
-    keep = ("top_k", "quantiles", "quantile_examples", "context", "logits", "batch_tokens")
-    return {k: v for k, v in asdict(s).items() if k in keep}
+def _settings_json(s: FeaturesSettings, batch_tokens: int) -> dict:
+    keep = ("top_k", "quantiles", "quantile_examples", "context", "logits")
+    return {**{k: v for k, v in asdict(s).items() if k in keep}, "batch_tokens": batch_tokens}
 
 
 def run(s: FeaturesSettings) -> dict:
     """The whole command: checks, one pass, the files. Returns a small summary."""
+    t0 = time.perf_counter()
+    s.check()
+    p = prepare_store(s) if s.store is not None else prepare_model(s)
+    try:
+        return _run(s, p, t0)
+    finally:
+        p.close()
+
+
+def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
     import numpy as np
 
     from arclens.features.accumulate import Accumulator
@@ -169,12 +260,6 @@ def run(s: FeaturesSettings) -> dict:
     from arclens.features.logits import TokenStrings, logit_effect
     from arclens.features.output import write_fdir
 
-    t0 = time.perf_counter()
-    s.check()
-    if s.store is None:
-        raise UserError("arclens features: --model as a source waits for the extract job's device batches "
-                        "(issue 12); use --store")
-    p = prepare_store(s)
     source, sae = p.source, p.sae
     acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
                       per_interval=s.quantile_examples, max_tokens=source.n_tokens)
@@ -182,7 +267,7 @@ def run(s: FeaturesSettings) -> dict:
 
     progress = ProgressReporter(source.n_samples, enabled=s.progress)
     pending = None
-    for batch in source.batches(s.batch_tokens):
+    for batch in source.batches(p.batch_tokens):
         z, stats = encode_batch(sae, batch)
         if pending is not None:  # the host folds in the previous batch while the device runs this one
             acc.update(*pending)

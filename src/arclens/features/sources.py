@@ -16,11 +16,7 @@ from arclens.errors import UserError
 from arclens.features.batch import COLUMNS, Batch, BatchBuilder
 from arclens.features.cells import SampleCells, task_grids
 from arclens.prompts import Augmentation
-
-try:  # the store's own module since issue 12 (ExtractJob); pipeline.extract before it
-    from arclens.store.metadata import tasks_fingerprint
-except ImportError:  # pragma: no cover - until the issue-12 merge
-    from arclens.pipeline.extract import tasks_fingerprint
+from arclens.store.metadata import tasks_fingerprint
 
 __all__ = ["Plan", "StoreSource", "TaskGrids", "group_of_key", "tasks_fingerprint"]
 
