@@ -10,9 +10,12 @@ reaches them, so the background shard publisher is exercised as it runs by defau
 - ``sample-added`` (pipeline/writing.py): the writer has buffered a sample of the open shard
 - ``shard-writing`` (store/format.py ``write_shard``): a shard's header is on disk, its body is not
 - ``shard-written`` (store/writer.py): a shard is published whole, its index file (the commit) is not
+- ``sae-step`` (sae/trainer.py): a training step has been dispatched (nothing of it saved)
+- ``sae-checkpoint-written`` (sae/checkpoint.py): a checkpoint file is written whole, but
+  ``latest.json``, its commit, is not
 
-A top-level module because both the pipeline and the store call it (the store never imports the
-pipeline).
+A top-level module because the pipeline, the store and the SAE trainer call it (none of them may
+import the others' packages for it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import signal
 import threading
 
 ENV = "ARCLENS_TEST_CRASH_AT"
-POINTS = ("batch-dispatched", "sample-added", "shard-writing", "shard-written")
+POINTS = ("batch-dispatched", "sample-added", "shard-writing", "shard-written")  # extract's points
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 

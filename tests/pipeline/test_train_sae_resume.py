@@ -3,7 +3,7 @@ command resumes and ends with the same weights as a run that was never interrupt
 bar is 1e-6; the step is deterministic, so they are in fact identical). A resume with other
 settings is refused, naming each differing field, and leaves the checkpoint alone.
 
-The interruptions land at exact points through ``ARCLENS_TEST_CRASH_AT`` (sae/crashpoints.py):
+The interruptions land at exact points through ``ARCLENS_TEST_CRASH_AT`` (arclens/crashpoints.py):
 the process really receives SIGKILL / SIGTERM from itself there.
 """
 

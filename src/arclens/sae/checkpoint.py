@@ -19,8 +19,8 @@ import json
 
 import numpy as np
 
+from arclens.crashpoints import crash_point
 from arclens.errors import UserError
-from arclens.sae.crashpoints import crash_point
 from arclens.store import fs as fsx
 
 CHECKPOINT_DIR = "checkpoints"

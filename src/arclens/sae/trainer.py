@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from arclens.crashpoints import crash_point
 from arclens.errors import UserError
 from arclens.sae import checkpoint as ckpt
 from arclens.sae import recipe as R
 from arclens.sae import report
-from arclens.sae.crashpoints import crash_point
 from arclens.sae.progress import TrainProgress
 from arclens.store import fs as fsx
 
