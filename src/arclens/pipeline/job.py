@@ -123,10 +123,14 @@ class ExtractJob:
     # -- device batches ------------------------------------------------------------------------
 
     def device_batches(self, tasks: Sequence[Task], *, order_seed: int | None = None,
-                       start: int = 0) -> Iterator[DeviceBatch]:
+                       start: int = 0, own_stop: bool = True) -> Iterator[DeviceBatch]:
         """Every sample of ``tasks`` in exactly one batch, in schedule order (``order_seed``:
         permuted), from position ``start`` on; batches before ``start`` are never computed. The
-        captures stay on the device. Ends between batches on a stop request."""
+        captures stay on the device. Ends between batches on a stop request.
+
+        ``own_stop=False``: the consumer stops by itself (SAE training stops at a step, then
+        closes this iterator): the job installs no signal handlers and never ends the stream
+        early, so the stream is always the whole pass."""
         from arclens.pipeline.rendering import Renderer, default_workers
         from arclens.pipeline.stages import on_device
 
@@ -140,9 +144,10 @@ class ExtractJob:
         def scheduled(on_plan):
             return scheduled_batches(renderer, wins, self.planner, order_seed=order_seed, on_plan=on_plan)
 
+        gate = self.should_stop if own_stop else (lambda: False)
         try:
-            with self.signal_handlers():
-                for work, out in on_device(self.runner, scheduled, start=start, gate=self.should_stop,
+            with self.signal_handlers() if own_stop else nullcontext():
+                for work, out in on_device(self.runner, scheduled, start=start, gate=gate,
                                            tokens_per_batch=self.planner.tokens_per_batch):
                     yield DeviceBatch(work.index, out.captures, out.valid, out.lengths, work.samples)
         finally:
