@@ -44,12 +44,12 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _add_prompt_options(p: argparse.ArgumentParser) -> None:
+def _add_prompt_options(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
     g = p.add_argument_group("prompt options (arc24's names and defaults)")
     g.add_argument("--prompt-version", default=DEFAULT_PROMPT_VERSION)
     g.add_argument("--encoder", default=DEFAULT_ENCODER, help="arc24 encoder expression (parsed, never eval'd)")
     g.add_argument("--predictions-per-task", type=int, default=8)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(seed_flag, type=int, default=0, help="seed of the augmentations")
     g.add_argument("--no-augment", action="store_true", help="one prompt per test input, no augmentation")
     g.add_argument("--with-answer", action="store_true", help="append the known test output (training form)")
 
@@ -215,8 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fdir", help="a folder written by `arclens features`")
     p.add_argument("--out", required=True, help="site folder (SITE/index.html), written whole")
 
-    p = sub.add_parser("train-sae", help="train SAEs or a transcoder on a store's activations (docs/SAE.md)")
+    p = sub.add_parser("train-sae", help="train SAEs or a transcoder on a store's activations, or on the fly "
+                       "from a model (docs/SAE.md)")
     p.add_argument("--store", default=None, help="activation store to train on (local path or fsspec URL)")
+    g = p.add_argument_group("on the fly, instead of --store (docs/SAE.md 'On the fly'): every real token of "
+                             "every prompt, as extract --positions all stores them")
+    g.add_argument("--model", default=None, help="model dir or hub id whose forward passes feed the SAEs")
+    g.add_argument("--tasks", default=None, help="file, folder, or built-in set such as arc-agi-1/evaluation")
+    g.add_argument("--solutions", default=None, help="Kaggle *_solutions.json for a *_challenges.json")
+    g.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks")
+    g.add_argument("--model-dtype", choices=["bfloat16", "float32"], default=None,
+                   help="the model's compute and capture dtype (extract's --dtype; default bfloat16)")
+    g.add_argument("--tokens-per-batch", type=int, default=None, help="token budget per device forward batch")
+    g.add_argument("--shuffle-window", type=int, default=None,
+                   help="forward batches mixed in one device shuffle buffer (default 16)")
+    _add_prompt_options(p, seed_flag="--prompt-seed")
     p.add_argument("--out", required=True, help="output folder: one SAELens-format folder per SAE, plus checkpoints/")
     p.add_argument("--hooks", nargs="+", default=None, help="an SAE per hook, e.g. blocks.12.hook_resid_post")
     p.add_argument("--hook-in", default=None, help="a transcoder's input hook (with --hook-out)")
@@ -227,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, nargs="+", default=None, help="active latents, topk/batchtopk (several: a sweep; default 32)")
     p.add_argument("--l0-coef", type=float, default=None, help="jumprelu L0 penalty (default 1.0)")
     p.add_argument("--l1-coef", type=float, default=None, help="relu L1 penalty on z * ||W_dec|| (default 1.0)")
-    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: one pass over the store)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="training tokens (default: one pass over the store, or over the tasks' prompts)")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2.5e-3 / sqrt(d_sae / 2^14))")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data order")

@@ -186,12 +186,26 @@ def settings_from_args(args, source_tokens: int, width_of, fingerprint: dict) ->
 
 
 def main(args) -> int:
-    # Everything is checked before anything is written: the flags, the store and its hooks, the
-    # widths, then --out (probed); only then does training (and the first write) start.
+    # Everything is checked before anything is written: the flags, the source (the store and its
+    # hooks, or the model, its hooks, the prompts and the tasks), the widths, then --out (probed);
+    # only then does training (and the first write) start.
+    from arclens.pipeline.train_sae_fly import check_fly_flags
+
     sweep_from_args(args)
     recipe_from_args(args)
-    if args.store is None:
-        raise UserError("train-sae: give --store DEST (training on the fly from --model needs the extract job)")
+    check_fly_flags(args)
+    from arclens.distributed.runtime import ProcessSettings, initialize
+
+    if args.store is None:  # on the fly: the runtime first, the extract job computes on it
+        from arclens.pipeline.train_sae_fly import open_source
+
+        runtime = initialize(ProcessSettings.from_flags(args.coordinator, args.num_processes, args.process_id))
+        settings, source = open_source(args, runtime, lambda n, width_of, fp: settings_from_args(args, n, width_of, fp))
+        try:
+            return _train(args, settings, source, runtime, model_name=args.model)
+        finally:
+            source.close()
+            source.job.close()
     import arclens
 
     store = arclens.open_store(args.store)
@@ -202,19 +216,22 @@ def main(args) -> int:
             raise UserError(f"--store {args.store}: no hook {hook}; it has {', '.join(store.hooks)}")
         return d_model
 
-    from arclens.distributed.runtime import ProcessSettings, initialize
     from arclens.sae.store_source import StoreSource, store_fingerprint
 
     settings = settings_from_args(args, int(store.n_tokens), width_of, store_fingerprint(store))
     runtime = initialize(ProcessSettings.from_flags(args.coordinator, args.num_processes, args.process_id))
+    source = StoreSource(store, settings.hooks, batch_tokens=settings.batch_tokens, seed=settings.seed,
+                         dtype=settings.dtype, shuffle=settings.shuffle)
+    return _train(args, settings, source, runtime, model_name=(store.metadata.get("model") or {}).get("name"))
+
+
+def _train(args, settings: R.TrainSettings, source, runtime, *, model_name: str | None) -> int:
     from arclens.distributed.mesh import make_mesh
 
     mesh = make_mesh(args.mesh)
     if settings.batch_tokens % mesh.shape["data"]:
         raise UserError(f"--batch-tokens {settings.batch_tokens}: must divide evenly over the mesh's "
                         f"{mesh.shape['data']} data shards (--mesh)")
-    source = StoreSource(store, settings.hooks, batch_tokens=settings.batch_tokens, seed=settings.seed,
-                         dtype=settings.dtype, shuffle=settings.shuffle)
     if runtime.is_leader:
         check_out(args.out)
     from arclens.pipeline.compile_cache import enable_compile_cache
@@ -223,9 +240,8 @@ def main(args) -> int:
     from arclens.pipeline.stopping import StopRequest
     from arclens.sae.trainer import RunOptions, train
 
-    model = store.metadata.get("model") or {}
     options = RunOptions(out=args.out, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-                         metrics_every=args.metrics_every, progress=not args.quiet, model_name=model.get("name"))
+                         metrics_every=args.metrics_every, progress=not args.quiet, model_name=model_name)
     stop = StopRequest()
     with stop.installed():
         result = train(settings, source, options, mesh=mesh, runtime=runtime, stop=stop)
