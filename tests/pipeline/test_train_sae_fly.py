@@ -111,8 +111,9 @@ def test_on_the_fly_equals_from_the_store(data, tmp_path, capsys):
 
 
 def test_resume_on_the_fly_ends_with_an_uninterrupted_runs_weights(data, tmp_path, capsys):
-    """24 steps of 256 tokens cross the end of the first pass (21 batches); checkpoints every 4."""
-    extra = ("--tokens", str(24 * 256), "--checkpoint-every", "4")
+    """24 steps of 256 tokens cross the end of the first pass (21 batches); checkpoints every 4.
+    The model runs in its default bf16 (float32 SAE parameters), so the checkpointed carry is bf16."""
+    extra = ("--tokens", str(24 * 256), "--checkpoint-every", "4", "--model-dtype", "bfloat16")
     ref = tmp_path / "ref"
     assert main(_fly(data, ref, *extra)) == 0
     out = tmp_path / "out"

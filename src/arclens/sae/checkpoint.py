@@ -58,8 +58,15 @@ def save(fs, root: str, step: int, arrays: dict[str, np.ndarray], header: dict) 
     if fsx.is_local(fs):
         fs.makedirs(folder, exist_ok=True)
     name = step_file(step)
-    meta = {"header": json.dumps({**header, "format": FORMAT, "version": VERSION, "step": step})}
-    blob = st_save({k: np.array(v, order="C") for k, v in arrays.items()}, metadata=meta)  # keeps 0-d arrays 0-d
+    out, bf16 = {}, []
+    for k, v in arrays.items():
+        a = np.array(v, order="C")  # keeps 0-d arrays 0-d
+        if a.dtype == _bf16():  # safetensors.numpy cannot read BF16 back: stored as its bits, named in the header
+            bf16.append(k)
+            a = a.view(np.uint16)
+        out[k] = a
+    meta = {"header": json.dumps({**header, "format": FORMAT, "version": VERSION, "step": step, "bf16": bf16})}
+    blob = st_save(out, metadata=meta)
     fsx.write_whole(fs, fsx.join(folder, name), blob)
     crash_point("sae-checkpoint-written")
     pointer = {"format": FORMAT, "version": VERSION, "step": step, "file": name, "settings": header.get("settings")}
@@ -71,7 +78,6 @@ def save(fs, root: str, step: int, arrays: dict[str, np.ndarray], header: dict) 
 
 def load_latest(fs, root: str) -> tuple[dict, dict[str, np.ndarray]] | None:
     """``(header, arrays)`` of the committed checkpoint, or None when there is none."""
-    import ml_dtypes  # noqa: F401 - bf16 carry arrays reach numpy
     from safetensors.numpy import load as st_load
 
     folder = fsx.join(root, CHECKPOINT_DIR)
@@ -87,7 +93,15 @@ def load_latest(fs, root: str) -> tuple[dict, dict[str, np.ndarray]] | None:
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(json.loads(blob[8 : 8 + n])["__metadata__"]["header"])
     arrays = st_load(blob)
+    for k in header.get("bf16") or ():  # bf16 arrays (a bf16 source's carry) were saved as their bits
+        arrays[k] = arrays[k].view(_bf16())
     return header, arrays
+
+
+def _bf16() -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def remove_all(fs, root: str) -> None:
