@@ -182,6 +182,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     (busy / "x").write_text("keep me")
     cases = [
         (["toy-model", tmp_path / "a", "--tasks", tasks, "--eval-tasks", "none"], "needs the test output"),
+        # missing parents are made only once the settings and tasks are checked
+        (["toy-model", tmp_path / "d" / "e", "--tasks", tasks, "--eval-tasks", "none"], "needs the test output"),
+        (["toy-model", busy / "x" / "sub", "--tasks", "arc-agi-1/training"], "not a writable directory"),
         (["toy-model", busy, "--tasks", "arc-agi-1/training"], "not an empty directory"),
         (["toy-model", tmp_path / "b", "--tasks", "arc-agi-1/training", "--steps", "0"], "--steps"),
         (["toy-model", tmp_path / "c", "--tasks", "arc-agi-1/training", "--lr", "-1"], "--lr"),

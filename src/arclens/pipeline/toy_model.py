@@ -134,8 +134,11 @@ def save_toy_model(staging: Path, params, config, info: dict) -> None:
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not an empty directory; toy-model writes a new one")
-    if not out.parent.exists():
-        raise UserError(f"{out.parent}: no such directory")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent  # missing parents are made once the settings are checked
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: {ancestor} is not a writable directory")
 
 
 def run(settings: ToySettings, log=print, stop=None) -> dict:
@@ -160,6 +163,8 @@ def run(settings: ToySettings, log=print, stop=None) -> dict:
     settings.prompt_config().validate()
     tasks = load_tasks(settings.tasks_source, settings.solutions, settings.max_tasks)
     eval_tasks = load_tasks(settings.eval_tasks) if settings.eval_tasks and settings.eval_prompts > 0 else []
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on failure
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -204,6 +209,11 @@ def run(settings: ToySettings, log=print, stop=None) -> dict:
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # innermost first; only the folders this run made, and only if empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return info
 
