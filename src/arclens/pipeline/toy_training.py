@@ -220,10 +220,15 @@ def train(params, config, examples: list[Example], *, steps: int, batch_tokens: 
         if done == 0 or now - last_log >= log_every_s or done + 1 == steps:  # the first: compiled, running
             history.append({"step": done + 1, "loss": round(value, 4), "tokens": tokens_seen,
                             "seconds": round(now - t0, 1)})
-            eta = (now - t0) / (done + 1) * (steps - done - 1)
+            if done == 0:  # its time is mostly compiling: a rate or an ETA from it would be wrong
+                t_first, tokens_first = now, tokens_seen
+                pace = f"first step {now - t0:.1f} s (compiling)"
+            else:
+                per_step = (now - t_first) / done
+                pace = (f"{(tokens_seen - tokens_first) / (now - t_first):,.0f} tokens/s  "
+                        f"ETA {per_step * (steps - done - 1):.0f} s")
             if log is not None:
-                log(f"step {done + 1}/{steps}  answer loss {value:.3f}  "
-                    f"{tokens_seen / (now - t0):,.0f} tokens/s  ETA {eta:.0f} s")
+                log(f"step {done + 1}/{steps}  answer loss {value:.3f}  {pace}")
             last_log = now
     else:
         done = steps
