@@ -20,6 +20,7 @@ process 0 writes; a stop request is agreed between processes so that all stop at
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,19 @@ def metrics_interval(n_steps: int, requested: int | None) -> int:
     if requested:
         return max(1, requested)
     return max(1, min(100, n_steps // 500))
+
+
+def steady_tokens_per_s(lines: list[dict], batch_tokens: int) -> float | None:
+    """The run's rate after its first metrics interval (which holds the compile): the later
+    intervals' tokens over their seconds. Not a median of the interval rates: a source that works
+    in bursts (on the fly, a shuffle window's forward passes every few steps) would have its slow
+    intervals dropped and its rate overstated many times over."""
+    tokens = seconds = 0.0
+    for before, line in itertools.pairwise(lines):
+        n = (line["step"] - before["step"]) * batch_tokens
+        if n > 0 and line.get("tokens_per_s"):
+            tokens, seconds = tokens + n, seconds + n / line["tokens_per_s"]
+    return tokens / seconds if seconds > 0 else None
 
 
 def sae_folder(root: str, name: str) -> str:
@@ -283,9 +297,8 @@ def train(settings: R.TrainSettings, source, options: RunOptions, *, mesh=None, 
         ckpt.remove_all(fs, root)
     barrier("arclens-train-sae-done", runtime)
     lines0 = history[0] if history and history[0] else []
-    rates = [line["tokens_per_s"] for line in lines0[1:]] if len(lines0) > 1 else []
     return TrainResult("complete", n_steps, results, wall_s=time.perf_counter() - t0,
-                       tokens_per_s=float(np.median(rates)) if rates else None)
+                       tokens_per_s=steady_tokens_per_s(lines0, settings.batch_tokens))
 
 
 def _width(settings: R.TrainSettings, hook: str) -> int:
