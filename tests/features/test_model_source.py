@@ -211,3 +211,14 @@ def test_a_stopped_job_is_never_a_complete_pass(both, tiny_model_dir):
             list(batches)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("flag", [("--seed", "3"), ("--predictions-per-task", "2"), ("--no-augment",), ("--dtype", "float32"),
+                                  ("--max-tasks", "1"), ("--allow-other-model",)],
+                         ids=lambda f: f[0])
+def test_the_model_sources_flags_with_a_store(capsys, tmp_path, both, flag):
+    """With --store they would be ignored (the store's prompts and dtype are what they are)."""
+    root = both[0]
+    err = _refused(capsys, tmp_path, "--sae", root / "sae-topk", "--store", root / "store", *flag,
+                   match=f"{flag[0]} is for the model source")
+    assert "--store" in err
