@@ -23,25 +23,17 @@ def settings_from_args(args):
     )
 
 
-# The prompt config's fields and the flags that set them (cli.py `_add_prompt_options`, --seed here).
-PROMPT_FLAGS = {"version": "--prompt-version", "encoder": "--encoder", "predictions_per_task": "--predictions-per-task",
-                "seed": "--seed", "augment": "--no-augment", "with_answer": "--with-answer"}
-
-
 def check_store_flags(args) -> None:
     """With ``--store`` the model source's own flags would be ignored: the store's prompts, dtype
     and tasks are what they are. Refused, naming the first, rather than silently not applied."""
     if args.store is None:
         return
-    from dataclasses import fields
-
     from arclens.errors import UserError
     from arclens.prompts import PromptConfig
 
     given = [flag for flag, on in (("--max-tasks", args.max_tasks is not None), ("--dtype", args.dtype != "bfloat16"),
                                    ("--allow-other-model", args.allow_other_model)) if on]
-    prompt, default = PromptConfig.from_args(args), PromptConfig()
-    given += [PROMPT_FLAGS[f.name] for f in fields(PromptConfig) if getattr(prompt, f.name) != getattr(default, f.name)]
+    given += PromptConfig.from_args(args).flags_changed()
     if given:
         raise UserError(f"arclens features: {given[0]} is for the model source (--model MODEL --tasks SRC); "
                         f"--store {args.store} already holds its activations and prompts")

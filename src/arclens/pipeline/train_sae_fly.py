@@ -39,18 +39,20 @@ def check_fly_flags(args) -> None:
         raise UserError(f"train-sae --model {args.model}: name the tasks to run it on with --tasks SRC")
     if args.store is not None:
         given = [flag for flag, name in FLY_ONLY_FLAGS if getattr(args, name, None) is not None]
-        from arclens.prompts.render import DEFAULT_ENCODER, DEFAULT_PROMPT_VERSION
-
-        prompt_defaults = (("--prompt-version", "prompt_version", DEFAULT_PROMPT_VERSION),
-                           ("--encoder", "encoder", DEFAULT_ENCODER), ("--predictions-per-task", "predictions_per_task", 8),
-                           ("--prompt-seed", "prompt_seed", 0), ("--no-augment", "no_augment", False),
-                           ("--with-answer", "with_answer", False))
-        given += [flag for flag, name, default in prompt_defaults if getattr(args, name, default) != default]
+        given += prompt_config(args).flags_changed(seed_flag="--prompt-seed")
         if given:
             raise UserError(f"train-sae: {given[0]} is for training on the fly (--model); --store {args.store} "
                             "already holds its activations")
     if args.shuffle_window is not None and args.shuffle_window < 1:
         raise UserError(f"--shuffle-window {args.shuffle_window}: expected at least 1 forward batch")
+
+
+def prompt_config(args):
+    """The prompt options, with ``--prompt-seed`` for extract's ``--seed`` (train-sae's own
+    ``--seed`` is the initialisation and data order)."""
+    from arclens.prompts import PromptConfig
+
+    return PromptConfig.from_args(argparse.Namespace(**{**vars(args), "seed": args.prompt_seed}))
 
 
 def model_hooks(args, config) -> list[str]:
@@ -72,9 +74,8 @@ def capture_settings(args, hooks: list[str]):
     from arclens.data.loaders import load_tasks
     from arclens.pipeline.extract import check_tasks_for_prompts
     from arclens.pipeline.settings import CaptureSettings
-    from arclens.prompts import PromptConfig
 
-    prompt = PromptConfig.from_args(argparse.Namespace(**{**vars(args), "seed": args.prompt_seed}))
+    prompt = prompt_config(args)
     capture = CaptureSettings.load(args.model, hooks, prompt=prompt, positions="all",
                                    dtype=args.model_dtype or "bfloat16", mesh=args.mesh,
                                    tokens_per_batch=args.tokens_per_batch)

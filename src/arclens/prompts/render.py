@@ -53,6 +53,14 @@ class PromptConfig:
             with_answer=args.with_answer,
         )
 
+    def flags_changed(self, seed_flag: str = "--seed") -> list[str]:
+        """The prompt options (cli.py `_add_prompt_options`) that set this config away from the
+        defaults, as flags: for a command to refuse them where they would not apply."""
+        default = PromptConfig()
+        flags = {"version": "--prompt-version", "encoder": "--encoder", "predictions_per_task": "--predictions-per-task",
+                 "seed": seed_flag, "augment": "--no-augment", "with_answer": "--with-answer"}
+        return [flag for name, flag in flags.items() if getattr(self, name) != getattr(default, name)]
+
     def validate(self) -> None:
         get_prompt_version(self.version)
         create_grid_encoder(self.encoder)
