@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from arclens.errors import UserError
+from arclens.store.reader import in_background
 
 BUFFER_SHARDS = 4
 BATCHES_AHEAD = 3
@@ -150,7 +149,7 @@ class StoreSource:
     def batches(self, position: Position | None = None, depth: int = BATCHES_AHEAD) -> Iterator[HostBatch]:
         """``host_batches`` made ahead in a background thread (numpy's gathers release the GIL,
         so the next batch is cut while the device trains on this one)."""
-        return in_background(self.host_batches(position), depth)
+        return in_background(self.host_batches(position), depth, name="arclens-sae-batches")
 
 
     # -- the trainer's interface (also implemented by the on-the-fly source) -----------------
@@ -184,55 +183,3 @@ def _bf16():
     import ml_dtypes
 
     return np.dtype(ml_dtypes.bfloat16)
-
-
-class _Raised:
-    def __init__(self, err: BaseException):
-        self.err = err
-
-
-_END = object()
-
-
-def in_background(items: Iterator, depth: int) -> Iterator:
-    """``items`` produced by a daemon thread up to ``depth`` ahead; errors reach the consumer, and
-    a consumer that stops early stops the producer."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(x) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for x in items:
-                if not put(x):
-                    return
-            put(_END)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            put(_Raised(err))
-        finally:
-            close = getattr(items, "close", None)
-            if close:
-                close()
-
-    def consume():
-        threading.Thread(target=produce, name="arclens-sae-batches", daemon=True).start()
-        try:
-            while True:
-                x = q.get()
-                if x is _END:
-                    return
-                if isinstance(x, _Raised):
-                    raise x.err
-                yield x
-        finally:
-            stop.set()
-
-    return consume()

@@ -209,7 +209,7 @@ class Store:
             batches = (b[names[0]] for b in batches)
         # With prefetch, batches are cut in a background thread (numpy's gathers and copies run
         # without the GIL), so a trainer's step overlaps the making of its next batch.
-        return _in_background(batches, _BATCHES_AHEAD) if self.prefetch else batches
+        return in_background(batches, _BATCHES_AHEAD) if self.prefetch else batches
 
     def _check_names(self, names: list[str]) -> list[str]:
         if not names:
@@ -318,10 +318,11 @@ _BATCHES_AHEAD = 4
 _POLL_S = 0.05
 
 
-def _in_background(items: Iterator[T], depth: int) -> Iterator[T]:
+def in_background(items: Iterator[T], depth: int, name: str = "arclens-batches") -> Iterator[T]:
     """``items``, produced by a daemon thread up to ``depth`` ahead. An error in the producer is
-    raised in the consumer; a consumer that stops early stops (and closes) the producer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    raised in the consumer; a consumer that stops early stops (and closes) the producer. Also
+    the SAE trainer's store source (sae/store_source.py)."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
     def put(x) -> bool:
@@ -342,11 +343,13 @@ def _in_background(items: Iterator[T], depth: int) -> Iterator[T]:
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
             put(_Raised(err))
         finally:
-            items.close()
+            close = getattr(items, "close", None)  # a generator's; a plain iterator has none
+            if close is not None:
+                close()
 
     def consume() -> Iterator[T]:
         # Started by the first next(), so an iterator that is never iterated costs nothing.
-        threading.Thread(target=produce, name="arclens-batches", daemon=True).start()
+        threading.Thread(target=produce, name=name, daemon=True).start()
         try:
             while True:
                 x = q.get()
