@@ -13,17 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-
-def _fmt_rate(x: float) -> str:
-    return f"{x / 1e3:,.1f}k" if x >= 1e3 else f"{x:,.0f}"
-
-
-def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+from arclens.formatting import fmt_eta, fmt_rate
 
 
 class ProgressReporter:
@@ -70,7 +60,7 @@ class ProgressReporter:
                 progress, task = self._rich
                 rate = self.rates()[1]
                 n = self._compiling()
-                text = f"compiling {n} shape{'s' * (n > 1)}" if n else f"{_fmt_rate(rate)} tok/s" if rate else ""
+                text = f"compiling {n} shape{'s' * (n > 1)}" if n else f"{fmt_rate(rate)} tok/s" if rate else ""
                 progress.update(task, advance=samples, tok_rate=text)
             elif self._enabled and now - self._last_log >= self._log_every:
                 self._last_log = now
@@ -95,8 +85,8 @@ class ProgressReporter:
         eta = None
         if sample_rate:
             eta = max(self.total - self.samples, 0) / sample_rate
-        rate = f"{_fmt_rate(token_rate)} tokens/s" if token_rate is not None else "tokens/s ?"
-        return head + f"{rate}, ETA {_fmt_eta(eta)}"
+        rate = f"{fmt_rate(token_rate)} tokens/s" if token_rate is not None else "tokens/s ?"
+        return head + f"{rate}, ETA {fmt_eta(eta)}"
 
     def close(self) -> None:
         if self._rich is not None:
@@ -166,7 +156,7 @@ class RunSummary:
             f"tokens stored     {self.tokens_stored:,}",
             f"shards / bytes    {self.shards:,} / {self.bytes:,}",
             f"prompt tokens     {self.prompt_tokens:,} in {self.batches:,} batches, {len(self.shapes)} shapes, padding {self.padding_fraction:.1%}",
-            f"wall time         {self.wall_s:.1f}s ({_fmt_rate(rate)} prompt tokens/s; compile {self.compile_s:.1f}s)",
+            f"wall time         {self.wall_s:.1f}s ({fmt_rate(rate)} prompt tokens/s; compile {self.compile_s:.1f}s)",
             f"busy time         {split}",
         ]
         if self.stopped_by:

@@ -12,17 +12,7 @@ import sys
 import time
 from collections import deque
 
-
-def fmt_rate(x: float) -> str:
-    return f"{x / 1e3:,.1f}k" if x >= 1e3 else f"{x:,.0f}"
-
-
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+from arclens.formatting import fmt_eta, fmt_rate
 
 
 class TrainProgress:
