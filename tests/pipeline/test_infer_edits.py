@@ -15,8 +15,8 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 from tests.support.cli import run_cli
+from tests.support.models import grid_writing_model as write_grid_model
 from tests.support.stores import stored
 from tests.support.tasks import write_small_tasks
 
@@ -35,7 +35,6 @@ from arclens.sae.edits import ablate, splice, steer_latent
 
 D, M = 64, 256  # the tiny model's width; latents per SAE
 RESID, MLP = "blocks.1.hook_resid_post", "blocks.2.hook_mlp_out"
-DIGITS = ["0", "5", "1", "6", "2", "7", "3", "8", "4", "9", "Ċ", "x"]  # in pairs w, -w: one is >= 0
 ENCODER = "MinimalGridEncoder()"
 PPT = 2
 RUN = ["--predictions-per-task", str(PPT), "--max-new-tokens", "16", "--dtype", "float32", "--encoder", ENCODER]
@@ -45,22 +44,8 @@ STEER_LATENT, ALPHA, WHERE = 7, 1.0, "cells"
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir, tmp_path_factory):
-    """The tiny random model with a head that writes grids (test_infer_roles.py's)."""
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("models") / "digits"
-    shutil.copytree(tiny_model_dir, out)
-    weights = load_file(str(out / "model.safetensors"))
-    vocab, d = weights["model.embed_tokens.weight"].shape
-    ids = AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids(DIGITS)
-    rows = np.random.default_rng(0).standard_normal((len(DIGITS) // 2, d)).astype(np.float32)
-    head = np.zeros((vocab, d), np.float32)
-    head[ids[0::2]] = rows
-    head[ids[1::2]] = -rows
-    save_file({**weights, "lm_head.weight": head}, str(out / "model.safetensors"))
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
-    return out
+    """The tiny random model with a head that writes grids (tests/support/models.py)."""
+    return write_grid_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "digits")
 
 
 def _write_sae(folder, arch, hook, seed, *, d_in=D, model_name=None, firing=()):

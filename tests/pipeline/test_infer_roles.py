@@ -8,11 +8,10 @@ garbage in them, which MinimalGridEncoder reads cell by cell.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from tests.support.models import grid_writing_model as write_grid_model
 
 from arclens.cli import main as cli_main
 from arclens.data.loaders import load_tasks
@@ -20,26 +19,12 @@ from arclens.pipeline.predictions import read_predictions
 
 TASK_IDS = ("66e6c45b", "be03b35f")
 HOOK = "blocks.2.hook_resid_post"
-VOCAB = ["0", "5", "1", "6", "2", "7", "3", "8", "4", "9", "Ċ", "x"]  # in pairs w, -w: one is >= 0
 
 
 @pytest.fixture(scope="module")
 def grid_writing_model(tiny_model_dir, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("models") / "digits"
-    shutil.copytree(tiny_model_dir, out)
-    weights = load_file(str(out / "model.safetensors"))
-    vocab, d = weights["model.embed_tokens.weight"].shape
-    ids = AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids(VOCAB)
-    rows = np.random.default_rng(0).standard_normal((len(VOCAB) // 2, d)).astype(np.float32)
-    head = np.zeros((vocab, d), np.float32)  # every other token: logit 0, below the best of each pair
-    head[ids[0::2]] = rows
-    head[ids[1::2]] = -rows
-    save_file({**weights, "lm_head.weight": head}, str(out / "model.safetensors"))
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
-    return out
+    """The tiny random model with a head that writes grids (tests/support/models.py)."""
+    return write_grid_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "digits")
 
 
 @pytest.fixture(scope="module")
