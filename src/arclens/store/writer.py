@@ -2,7 +2,8 @@
 
 Commit protocol (SPEC.md section 3, docs/STORE.md):
 
-1. ``metadata.json`` is created create-only; a resume compares its settings and refuses others.
+1. ``metadata.json`` is created create-only; a resume compares its settings and refuses others
+   (``open_or_create_store``, store/creation.py; re-exported here).
 2. A shard is serialized to a spool file (local stores: a temp file next to its final name), then
    published whole under ``shards/<writer>-<seq>.safetensors``.
 3. Only then is ``index/<writer>-<seq>.json`` created, create-only. That one small object is the
@@ -26,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arclens._version import __version__
 from arclens.crashpoints import crash_point
 from arclens.data.atomic import fsync_dir, temp_file_beside
 from arclens.errors import RunFailed, UserError
 from arclens.store import fs as fsx
+from arclens.store.creation import StoreHandle, open_or_create_store  # noqa: F401 - re-export
 from arclens.store.format import (
     COLUMNS,
     FORMAT,
@@ -50,7 +51,6 @@ from arclens.store.format import (
     write_shard,
 )
 from arclens.store.index import IndexEntry, committed_keys, read_metadata  # noqa: F401 - re-export
-from arclens.store.metadata import check_metadata, describe_differences, metadata_differences
 
 log = logging.getLogger(__name__)
 
@@ -76,48 +76,6 @@ class _PendingShard:
     samples: list[dict]
     n_tokens: int
     future: Future | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class StoreHandle:
-    dest: str
-    fs: object
-    root: str
-    metadata: dict
-
-
-def open_or_create_store(dest: str, metadata: dict, storage_options: dict | None = None) -> StoreHandle:
-    """Create the store with ``metadata`` (``format``, ``version``, ``created_at`` and
-    ``arclens_version`` are filled in when absent), or open an existing one whose settings equal
-    ``metadata`` (``model`` and ``tasks`` compared by their fingerprints where both stores have
-    one: ``store.metadata.metadata_differences``); otherwise UserError naming every differing field."""
-    meta = {"format": FORMAT, "version": VERSION, **metadata}
-    meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    meta.setdefault("arclens_version", __version__)
-    try:
-        check_metadata(meta, "store metadata")
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    fs, root = fsx.get_fs(dest, storage_options)
-    path = fsx.join(root, METADATA_FILE)
-    try:
-        fsx.create_only(fs, path, encode_json(meta))
-        return StoreHandle(dest, fs, root, meta)
-    except FileExistsError:
-        pass  # an existing store (or a concurrent creator): compare below
-    except PermissionError as err:
-        raise UserError(f"{dest}: cannot write here ({err})") from None
-    except OSError as err:
-        if fsx.is_transient(err):
-            raise
-        raise UserError(f"{dest}: cannot create the store ({type(err).__name__}: {err})") from None
-    existing = read_metadata(fs, root, dest)
-    diffs = metadata_differences(existing, meta)
-    if diffs:
-        raise UserError(describe_differences(existing, meta, diffs, dest))
-    # The existing metadata stays as it was (create-only): a model or task set given under another
-    # spelling but with the same fingerprint resumes under the store's original name.
-    return StoreHandle(dest, fs, root, existing)
 
 
 @dataclass(frozen=True)
