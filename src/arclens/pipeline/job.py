@@ -236,8 +236,13 @@ class ExtractJob:
         summary.lease_lost = summary.lease_lost or self.stopped_for == "lease"
         # Each process wrote the rows it reads back, and those are disjoint: together they are
         # every uncommitted sample exactly when the run is complete (also after a late stop).
-        written = sum(int(n) for n in self.coordinator.gather(self.coordinator.key("written", self.step),
-                                                              str(summary.samples)))
+        # A lost claim is every process's once any saw it: a process whose last commit came after
+        # a freeze is refused while the others, done committing before it, never asked again, and
+        # processes that disagree here would leave the unit differently (and hang on each other).
+        said = [x.split(":") for x in self.coordinator.gather(self.coordinator.key("written", self.step),
+                                                               f"{summary.samples}:{int(summary.lease_lost)}")]
+        written = sum(int(n) for n, _ in said)
+        summary.lease_lost = any(lost == "1" for _, lost in said)
         stopped = self.stop.is_set() or summary.lease_lost
         if not stopped and written != todo:
             # Never report success for a run that silently skipped samples (a rerun would resume them).
