@@ -57,10 +57,11 @@ def test_pairs_cut_on_the_device_equal_numpys():
     rng = np.random.default_rng(0)
     z = np.where(rng.random((300, 40)) < 0.2, rng.random((300, 40)), 0).astype(np.float32)
     want = host_pairs(z)
-    got, cap = device_pairs(jnp.asarray(z), int((z > 0).sum()), 1)
+    padded, count, cap = device_pairs(jnp.asarray(z), int((z > 0).sum()), 1)
     assert cap == 16  # 1 pair per token did not fit ~8; doubled to the first that does
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
+    assert count == len(want[0]) and len(padded[0]) == 16 * 300
+    for a, b in zip(padded, want):
+        np.testing.assert_array_equal(np.asarray(a)[:count], b)
     assert np.all(np.diff(want[1]) >= 0)  # token order
 
 

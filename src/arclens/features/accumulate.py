@@ -11,24 +11,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from arclens.features import tally
 from arclens.features.batch import COLUMNS, Batch
 from arclens.features.best import BestPerGroup
-from arclens.features.consistency import Consistency, counts_of
+from arclens.features.consistency import Consistency
 from arclens.features.device import firing_pairs
 from arclens.features.hashing import latent_hashes
 from arclens.features.layout import N_ROLE_COLUMNS
 
 HIST_EDGES = 10.0 ** np.linspace(-5, 5, 101)
 N_HIST = len(HIST_EDGES) + 1
+EDGES32 = tally.edges_up(HIST_EDGES)  # the same columns from float32 comparisons (features/tally.py)
 _NO_EXPONENT = np.iinfo(np.int64).min
 GC_EVERY = 32  # batches between sweeps of activations no kept example needs any more
+MOVE_TALLIES_EVERY = 2**31  # token slots the device's int32 counts may take before they come here
 
 
 def hist_bins(values: np.ndarray) -> np.ndarray:
-    """Histogram column of each (positive) activation: see `hist_counts` in docs/FEATURES.md."""
-    return np.searchsorted(HIST_EDGES, np.asarray(values, np.float64), side="right")
+    """Histogram column of each (positive) float32 activation: the number of HIST_EDGES <= it
+    (`hist_counts` in docs/FEATURES.md), searched among the edges rounded up to float32, which
+    gives the same column for every float32 (tests/features/test_tallies.py) with no float64 copy."""
+    return np.searchsorted(EDGES32, np.asarray(values, np.float32), side="right")
 
 
 def interval_exponent(max_act: np.ndarray) -> np.ndarray:
@@ -110,11 +117,13 @@ class Captures:
             del self.samples[r]
 
 
-def topk_pairs(latent, value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The firing pairs of TopK codes ``(latent, value) [N, k]``, in token order."""
+def topk_pairs(latent, value, extra=None):
+    """The firing pairs (latent, token, value) of TopK codes ``(latent, value) [N, k]``, in
+    token order; with `extra` (another ``[N, k]``), also ``(pairs, extra's entries for them)``."""
     latent, value = np.asarray(latent), np.asarray(value)
     tok, slot = np.nonzero(value > 0)
-    return latent[tok, slot].astype(np.int32), tok.astype(np.int64), value[tok, slot]
+    pairs = latent[tok, slot].astype(np.int32), tok.astype(np.int64), value[tok, slot]
+    return pairs if extra is None else (pairs, np.asarray(extra)[tok, slot])
 
 
 def host_pairs(z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,15 +132,23 @@ def host_pairs(z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lat.astype(np.int32), tok.astype(np.int64), zh[tok, lat]
 
 
-def device_pairs(z, n_expected: int, cap: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
-    """host_pairs by `firing_pairs` on the device, `cap` pairs per token at first, doubled until
-    they fit (each new size compiles once); returns the pairs and the cap that fitted."""
+def device_pairs(z, n_expected: int, cap: int):
+    """The firing pairs of a dense ``z`` by `firing_pairs` on the device, `cap` pairs per token
+    at first, doubled until they fit (each new size compiles once). Returns the padded device
+    arrays (latent, token, value), the true count, and the cap that fitted."""
     n_tokens = z.shape[0]
     while n_expected > max(1, cap * n_tokens):
         cap *= 2
     lat, tok, val, count = firing_pairs(z, max(1, cap * n_tokens))
-    count = int(count)
-    return (np.asarray(lat)[:count], np.asarray(tok)[:count].astype(np.int64), np.asarray(val)[:count]), cap
+    return (lat, tok, val), int(count), cap
+
+
+def _use_device_tallies(tallies: str, n_intervals: int) -> bool:
+    if tallies not in ("auto", "host", "device"):
+        raise ValueError(f"tallies must be auto, host or device, not {tallies!r}")
+    if tallies == "auto":
+        tallies = "host" if jax.default_backend() == "cpu" else "device"
+    return tallies == "device" and n_intervals < tally.MAX_QUANTILES
 
 
 def _on_cpu(array) -> bool:
@@ -141,7 +158,11 @@ def _on_cpu(array) -> bool:
 
 class Accumulator:
     def __init__(self, d_sae: int, group_sizes, *, top_k: int, n_intervals: int, per_interval: int,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, tallies: str = "auto"):
+        """``tallies``: where the per-pair counts (histogram, intervals, interval x role) are
+        made: "device" (features/tally.py), "host" (numpy, here), or "auto": the device unless
+        it is the CPU, where numpy is faster (XLA's CPU scatter-add is not) and the result is
+        the same."""
         f = self.d_sae = d_sae
         self.top_k, self.n_intervals, self.per_interval = top_k, n_intervals, per_interval
         self.n_tokens = 0
@@ -152,17 +173,36 @@ class Accumulator:
         # firing tokens by (latent, activation interval, role column): coverage at every threshold
         # (int32 unless a count could pass 2**31: d_sae x Q x 126 x 4 bytes, 80 MB at 16k latents)
         wide = max_tokens is None or max_tokens >= 2**31
-        self.role_bins = np.zeros((f, n_intervals, N_ROLE_COLUMNS), np.int64 if wide else np.int32)
+        self._role_bins = np.zeros((f, n_intervals, N_ROLE_COLUMNS), np.int64 if wide else np.int32)
         self.role_tokens = np.zeros(N_ROLE_COLUMNS, np.int64)
-        self.hist = np.zeros((f, N_HIST), np.int64)
+        self._hist = np.zeros((f, N_HIST), np.int64)
         self.top = BestPerGroup(f, top_k, np.float64)
         self.draws = BestPerGroup(f * n_intervals, per_interval, np.int64)
         self.exponent = np.full(f, _NO_EXPONENT, np.int64)
-        self.interval_counts = np.zeros((f, n_intervals), np.int64)
+        self._interval_counts = np.zeros((f, n_intervals), np.int64)
+        self.device_tallies = _use_device_tallies(tallies, n_intervals)
+        self._tallies = None  # tally.Tallies on the device, when device_tallies
+        self._tallied_exponent = self.exponent.copy()  # the interval grid of the host's counts
+        self._tallied_tokens = 0  # token slots in the device's counts since they were moved here
         self.consistency = Consistency(f, group_sizes)
         self.captures = Captures(f)
         self._pair_cap = 8
         self._batches = 0
+
+    @property
+    def hist(self) -> np.ndarray:
+        self._move_tallies()
+        return self._hist
+
+    @property
+    def interval_counts(self) -> np.ndarray:
+        self._move_tallies()
+        return self._interval_counts
+
+    @property
+    def role_bins(self) -> np.ndarray:
+        self._move_tallies()
+        return self._role_bins
 
     def pairs(self, z, n_expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The batch's firing pairs (latent, token, value), in token order. TopK codes
@@ -173,10 +213,11 @@ class Accumulator:
             return topk_pairs(*z)
         if _on_cpu(z):
             return host_pairs(z)
-        pairs, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
-        return pairs
+        (lat, tok, val), count, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
+        return np.asarray(lat)[:count], np.asarray(tok)[:count].astype(np.int64), np.asarray(val)[:count]
 
     def update(self, batch: Batch, z, stats: dict) -> None:
+        device_max = stats["max"]
         stats = {k: np.asarray(v) for k, v in stats.items()}
         self.n_tokens += int(batch.valid.sum())
         self.n_fires += stats["n_fires"]
@@ -184,20 +225,24 @@ class Accumulator:
         np.maximum(self.max, stats["max"], out=self.max)
         self.role_mass += stats["role_mass"]
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
-        lat, tok, val = self.pairs(z, int(stats["n_fires"].sum()))
-        f = self.d_sae
-        self.hist += np.bincount(lat.astype(np.int64) * N_HIST + hist_bins(val),
-                                 minlength=f * N_HIST).reshape(f, N_HIST)
-        order = batch.order[tok]
-        kept_top = self.top.offer(lat, -val.astype(np.float64), order, val)
-        kept_draw = self._update_intervals(batch, stats["max"], lat, tok, val, order)
+        if self.device_tallies:
+            (lat, tok, val), interval = self._tally_on_device(batch, z, int(stats["n_fires"].sum()), device_max)
+        else:
+            (lat, tok, val), interval = self.pairs(z, int(stats["n_fires"].sum())), None
+            flat = self._hist.reshape(-1)
+            np.add.at(flat, lat.astype(np.int64) * N_HIST + hist_bins(val), flat.dtype.type(1))
+        near = np.flatnonzero(val >= -self.top.bars()[lat])  # only these can enter a top-K
+        kept_top = near[self.top.offer(lat[near], -val[near].astype(np.float64), batch.order[tok[near]], val[near])]
+        kept_draw = self._update_intervals(batch, stats["max"], lat, tok, val, interval)
         self.captures.add(batch, lat, tok, val, np.union1d(kept_top, kept_draw))
         self.consistency.add_batch(batch, lat, tok)
         self._batches += 1
         if self._batches % GC_EVERY == 0:
             self.sweep()
 
-    def _update_intervals(self, batch, batch_max, lat, tok, val, order) -> np.ndarray:
+    def _update_intervals(self, batch, batch_max, lat, tok, val, interval) -> np.ndarray:
+        """The interval grids, the quantile draws, and (unless the device tallied them, which
+        gives `interval`) the counts by interval and role."""
         q = self.n_intervals
         fired = batch_max > 0
         need = interval_exponent(batch_max)
@@ -206,8 +251,9 @@ class Accumulator:
         if regroup.any():  # the max crossed a power of two: merge intervals 2**s at a time
             latents = np.flatnonzero(regroup)
             shift = need[latents] - self.exponent[latents]
-            self.interval_counts[latents] = merge_intervals(self.interval_counts[latents], shift)
-            self.role_bins[latents] = merge_intervals(self.role_bins[latents], shift)
+            if interval is None:  # (the device's counts are merged there, and here when moved)
+                self._interval_counts[latents] = merge_intervals(self._interval_counts[latents], shift)
+                self._role_bins[latents] = merge_intervals(self._role_bins[latents], shift)
             j = np.arange(q)
             groups = (latents[:, None] * q + j[None, :]).ravel()
             g, k1, k2, v = self.draws.take(groups)
@@ -217,17 +263,68 @@ class Accumulator:
         self.exponent[grow] = need[grow]
         if not len(lat):
             return np.zeros(0, np.int64)
-        interval = interval_index(val, self.exponent[lat], q)
-        self.interval_counts += np.bincount(lat.astype(np.int64) * q + interval,
-                                            minlength=self.d_sae * q).reshape(self.d_sae, q)
-        cols = batch.role_cols[tok]
-        on = cols >= 0
-        if on.any():
-            codes = ((lat.astype(np.int64) * q + interval)[:, None] * N_ROLE_COLUMNS + cols)[on]
-            where, n = counts_of(codes)
-            self.role_bins.reshape(-1)[where] += n
+        if interval is None:
+            interval = interval_index(val, self.exponent[lat], q)
+            # (np.add.at is numpy >= 2's fast scatter-add, faster here than a sort or a bincount,
+            # given a scalar of the array's own dtype)
+            flat = self._interval_counts.reshape(-1)
+            np.add.at(flat, lat.astype(np.int64) * q + interval, flat.dtype.type(1))
+            cols = batch.role_cols[tok]
+            on = cols >= 0
+            if on.any():
+                index = np.int32 if self._role_bins.size < 2**31 else np.int64  # half the traffic
+                codes = (((lat.astype(index) * q + interval.astype(index)) * N_ROLE_COLUMNS)[:, None] + cols)[on]
+                flat = self._role_bins.reshape(-1)
+                np.add.at(flat, codes, flat.dtype.type(1))
+        groups = lat.astype(np.int64) * q + interval
         hashes = latent_hashes(batch.token_hash[tok], lat)
-        return self.draws.offer(lat.astype(np.int64) * q + interval, hashes, order, val)
+        near = np.flatnonzero(hashes <= self.draws.bars()[groups])  # only these can be drawn
+        return near[self.draws.offer(groups[near], hashes[near], batch.order[tok[near]], val[near])]
+
+    def _tally_on_device(self, batch: Batch, z, n_expected: int, device_max):
+        """The batch's counts by histogram column, interval and role, added on the device
+        (features/tally.py); returns the firing pairs (in token order) and their intervals."""
+        if self._tallied_tokens + batch.size >= MOVE_TALLIES_EVERY:  # before any int32 count could wrap
+            self._move_tallies()
+        if self._tallies is None:
+            exponent = np.where(self.exponent == _NO_EXPONENT, tally.NO_EXPONENT, self.exponent)
+            self._tallies = tally.new_tallies(self.d_sae, N_HIST, self.n_intervals, exponent)
+        self._tallied_tokens += batch.size
+        role_cols, q = jnp.asarray(batch.role_cols), self.n_intervals
+        if isinstance(z, tuple):  # TopK codes [N, k]: the pairs are their firing slots
+            self._tallies, interval = tally.tally_topk(self._tallies, *z, role_cols, device_max, EDGES32,
+                                                       n_intervals=q)
+            return topk_pairs(*z, interval)
+        if _on_cpu(z):  # the pairs are cut in host memory and padded to a power of two (few shapes)
+            lat, tok, val = host_pairs(z)
+            count, size = len(lat), 1 << max(len(lat) - 1, 0).bit_length()
+            pad = size - count
+            lat_d, tok_d, val_d = (np.pad(a, (0, pad)) for a in (lat, tok.astype(np.int32), val))
+        else:  # cut on the device; only they come back
+            (lat_d, tok_d, val_d), count, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
+        self._tallies, interval = tally.tally_pairs(self._tallies, lat_d, tok_d, val_d, count, role_cols,
+                                                    device_max, EDGES32, n_intervals=q)
+        if _on_cpu(z):
+            return (lat, tok, val), np.asarray(interval)[:count]
+        return tuple(np.asarray(a)[:count] for a in (lat_d, tok_d, val_d)), np.asarray(interval)[:count]
+
+    def _move_tallies(self) -> None:
+        """Add the device's counts into the host's int64 ones (on the device's interval grid)."""
+        if self._tallies is None:
+            return
+        t = jax.device_get(self._tallies)
+        self._tallies, self._tallied_tokens = None, 0
+        exponent = np.where(t.exponent == tally.NO_EXPONENT, _NO_EXPONENT, t.exponent.astype(np.int64))
+        had = self._tallied_exponent != _NO_EXPONENT
+        grew = np.flatnonzero(had & (exponent > self._tallied_exponent))
+        if len(grew):
+            shift = exponent[grew] - self._tallied_exponent[grew]
+            self._interval_counts[grew] = merge_intervals(self._interval_counts[grew], shift)
+            self._role_bins[grew] = merge_intervals(self._role_bins[grew], shift)
+        self._tallied_exponent = exponent
+        self._hist += t.hist
+        self._interval_counts += t.interval_counts
+        self._role_bins += t.role_bins
 
     def live_codes(self) -> np.ndarray:
         g_top, _, _, k2_top, _ = self.top.items()

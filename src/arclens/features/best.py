@@ -67,6 +67,12 @@ class BestPerGroup:
         entered = source[keep]
         return np.sort(entered[entered >= 0])
 
+    def bars(self) -> np.ndarray:
+        """[n_groups]: the k1 an item must reach (<=) to have a chance to enter its group: the last
+        kept item's, or "none" (above any real k1) while the group has room. A cheap prefilter
+        for `offer`, which decides exactly."""
+        return self.k1[:, self.cap - 1].copy()
+
     def take(self, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Remove and return every item of `groups` as (group, k1, k2, val)."""
         groups = np.unique(np.asarray(groups, np.int64))

@@ -29,6 +29,9 @@ class FeaturesSettings:
     logits: int = 10
     batch_tokens: int | None = None  # None: STORE_BATCH_TOKENS from a store, the extract job's default from a model
     progress: bool = True
+    # where the per-pair counts are made: "auto" (the device unless it is the CPU), "device" or
+    # "host". Not a flag: every choice writes the same files (tests/features/test_tallies.py).
+    tallies: str = "auto"
 
     def check(self) -> None:
         for flag, value, low in (("--top-k", self.top_k, 1), ("--quantiles", self.quantiles, 1),
@@ -262,7 +265,7 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
 
     source, sae = p.source, p.sae
     acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
-                      per_interval=s.quantile_examples, max_tokens=source.n_tokens)
+                      per_interval=s.quantile_examples, max_tokens=source.n_tokens, tallies=s.tallies)
     from arclens.pipeline.progress import ProgressReporter
 
     progress = ProgressReporter(source.n_samples, enabled=s.progress)

@@ -1,0 +1,108 @@
+"""The per-pair counts made on the device (features/tally.py: the accelerator path) equal the
+host's exactly: each histogram column and quantile interval for any float32 activation, and the
+whole FDIR of a features run, with the device's counts moved to the host mid-pass (so that the
+interval grids of the two halves are merged as a latent's max grows)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arclens.features import accumulate, tally
+
+
+def _float32s(draw, low_exponent=-140, high_exponent=127):
+    """Any non-negative finite float32, biased towards the values next to powers of two."""
+    e = draw(st.integers(low_exponent, high_exponent))
+    m = draw(st.integers(0, (1 << 24) - 1))
+    v = np.float32(np.ldexp(np.float64(m), e - 24))
+    return np.float32(np.nextafter(v, np.float32(draw(st.sampled_from([0, np.inf]))))) if draw(st.booleans()) else v
+
+
+def _padded(v: np.ndarray, n: int = 32) -> np.ndarray:
+    """One shape for every example (a new length would compile again)."""
+    return np.pad(np.asarray(v, np.float32), (0, n - len(v)))
+
+
+@settings(deadline=None)  # the first example compiles
+@given(st.data())
+def test_histogram_columns_from_float32_edges_equal_the_float64_search(data):
+    """Host and device search the edges rounded up to float32; both equal the float64 search."""
+    values = [np.float32(data.draw(st.sampled_from(accumulate.HIST_EDGES.tolist())))
+              for _ in range(8)]  # the edges themselves, rounded to float32 both ways
+    values = [np.nextafter(v, np.float32(t)) for v in values for t in (0, np.inf)] + values
+    values += [_float32s(data.draw) for _ in range(16)]
+    v = np.asarray(values, np.float32)
+    want = np.searchsorted(accumulate.HIST_EDGES, v.astype(np.float64), side="right")
+    np.testing.assert_array_equal(accumulate.hist_bins(v), want)  # the host's columns
+    got = np.asarray(_columns(jnp.asarray(accumulate.EDGES32), jnp.asarray(_padded(v, 64))))[:len(v)]
+    np.testing.assert_array_equal(got, want)  # the device's
+
+
+_columns = jax.jit(lambda edges, v: jnp.searchsorted(edges, v, side="right"))
+_intervals = jax.jit(tally.interval_of, static_argnums=2)
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_intervals_in_integers_equal_the_float64_floor(data):
+    """floor(v * Q / 2**e) for float32 v below 2**e, at and next to every interval bound."""
+    e = data.draw(st.integers(-100, 100))
+    q = data.draw(st.one_of(st.integers(1, 40), st.integers(1, tally.MAX_QUANTILES - 1)))
+    bounds = [np.float32(np.ldexp(j / q, e)) for j in data.draw(st.lists(st.integers(0, q - 1), max_size=6))]
+    values = [np.nextafter(b, np.float32(t)) for b in bounds for t in (0, np.inf)] + bounds
+    values += [np.float32(np.ldexp(np.float64(data.draw(st.integers(0, (1 << 24) - 1))), e - 24))
+               for _ in range(8)]
+    top = np.float32(np.ldexp(1.0, e))
+    v = np.asarray([x for x in values if 0 <= x < top], np.float32)
+    want = accumulate.interval_index(v, np.full(len(v), e, np.int64), q)
+    got = np.asarray(_intervals(jnp.asarray(_padded(v)), jnp.full(32, e, jnp.int32), q))[:len(v)]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_auto_counts_on_the_host_on_the_cpu():
+    """The end-to-end check below compares against `exact_run`, which took "auto" on this CPU."""
+    assert jax.default_backend() == "cpu"
+    make = accumulate.Accumulator
+    assert not make(4, np.ones(1), top_k=1, n_intervals=2, per_interval=1).device_tallies
+    assert make(4, np.ones(1), top_k=1, n_intervals=2, per_interval=1, tallies="device").device_tallies
+    with pytest.raises(ValueError, match="auto, host or device"):
+        make(4, np.ones(1), top_k=1, n_intervals=2, per_interval=1, tallies="gpu")
+
+
+def test_device_tallies_write_the_same_fdir(exact_run, exact_store, tmp_path, monkeypatch):
+    """`exact_run` (host counts, checked against brute force in test_exact_statistics.py) and the
+    same run with the counts on the device, moved to the host every ~2 batches, write identical
+    files."""
+    from safetensors.numpy import load_file
+    from tests.support.features_brute import SETTINGS
+
+    from arclens.features.run import FeaturesSettings, run
+
+    arch, _sae, fdir = exact_run
+    merges = []
+    merge = accumulate.merge_intervals
+    monkeypatch.setattr(accumulate, "MOVE_TALLIES_EVERY", 2 * SETTINGS["batch_tokens"])
+    monkeypatch.setattr(accumulate, "GC_EVERY", 2)  # as exact_run
+    monkeypatch.setattr(accumulate, "merge_intervals", lambda c, s: merges.append(len(s)) or merge(c, s))
+    out = tmp_path / "fdir"
+    run(FeaturesSettings(sae=str(fdir.parent / "sae"), out=out, store=str(exact_store.dest), progress=False,
+                         tallies="device", **SETTINGS))
+    assert merges, "no latent's grid grew between two moves: the merge on the host went unchecked"
+    for name in ("examples.jsonl", "samples.jsonl"):
+        assert (out / name).read_bytes() == (fdir / name).read_bytes(), f"{arch}: {name}"
+    want, got = (json.loads((d / "features.json").read_text()) for d in (fdir, out))
+    assert got.pop("created_at") and want.pop("created_at")
+    assert got == want
+    # (safetensors writes its metadata map in no fixed order, so the arrays are compared, not the bytes)
+    want, got = (load_file(str(d / "latents.safetensors")) for d in (fdir, out))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype, name
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
