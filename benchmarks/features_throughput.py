@@ -2,7 +2,7 @@
 """What does `arclens features` cost beside a plain read of the same store? One run, same store.
 
     PYTHONPATH=src python3 benchmarks/features_throughput.py [--dest DIR] [--tasks 40] [--d-model 256]
-        [--d-sae 2048] [--arch topk --k 32] [--batch-tokens 4096]
+        [--d-sae 2048] [--arch topk --k 32] [--batch-tokens 4096] [--tallies auto|host|device]
 
 The store holds real arc24 prompts (the first --tasks tasks of arc-agi-1/training, 8 augmentations
 each, answers shown, a random tiny model's byte-level tokenizer) with random bf16 activations of
@@ -22,6 +22,9 @@ every token:
 - ``+ device step``: the features source plus the SAE encode and the per-latent reductions on
   the device, and the firing pairs brought back to the host (features/device.py), with nothing
   folded in.
+- ``host folding alone``: the host's part of the pass (`Accumulator.fold`) over device results
+  made beforehand: with ``--tallies device`` it is what bounds the pass where the device's own
+  part is nearly free (an accelerator).
 - ``features pass (no files)``: `features.run` up to the end of its streaming pass (checks, the
   source, the device step, the host accumulating); grows with the number of tokens.
 - ``arclens features``: the whole command as `features.run` runs it (the pass, then writing the
@@ -149,6 +152,37 @@ def device_pass(source, sae, batch_tokens: int) -> int:
     return n
 
 
+def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
+    """The host's part of the pass alone: every batch's device results (codes, stats and, with
+    device tallies, the pairs' intervals) made and brought to the host first, untimed; then only
+    `Accumulator.fold` is timed. With device tallies this is what bounds the pass on an
+    accelerator, whose own part is then nearly free."""
+    import numpy as np
+
+    from arclens.features.accumulate import Accumulator
+    from arclens.features.device import encode_batch
+
+    def accumulator():
+        return Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=settings.top_k,
+                           n_intervals=settings.quantiles, per_interval=settings.quantile_examples,
+                           max_tokens=source.n_tokens, tallies=settings.tallies)
+
+    ahead, ready = accumulator(), []
+    for b in source.batches(batch_tokens):
+        z, stats = encode_batch(sae, b)
+        if ahead.device_tallies:
+            pairs, interval = ahead.tally_on_device(b, z, stats)
+        else:
+            pairs, interval = ahead.pairs(z, int(np.asarray(stats["n_fires"]).sum())), None
+        ready.append((b, {k: np.asarray(v) for k, v in stats.items()}, pairs, interval))
+    acc = accumulator()
+    t0 = time.perf_counter()
+    for item in ready:
+        acc.fold(*item)
+    seconds = time.perf_counter() - t0
+    return acc.n_tokens, {"host folding alone": seconds}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dest", default=os.path.join(tempfile.gettempdir(), "arclens-features-bench"))
@@ -159,8 +193,12 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=2, help="passes per row; the best is reported")
+    ap.add_argument("--tallies", choices=["auto", "host", "device"], default="auto",
+                    help="where features makes its per-pair counts (auto: the device unless it is the CPU)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+
+    import jax
 
     import arclens
     from arclens.features.run import FeaturesSettings, prepare_store, run
@@ -174,11 +212,12 @@ def main() -> int:
     random_sae(sae_dir, args.d_model, args.d_sae, args.arch, args.k)
     store = arclens.open_store(str(root / "store"))
     settings = FeaturesSettings(sae=str(sae_dir), out=root / "fdir", store=str(root / "store"),
-                                batch_tokens=args.batch_tokens, progress=False)
+                                batch_tokens=args.batch_tokens, progress=False, tallies=args.tallies)
     prepared = prepare_store(settings)
     print(f"{store.n_tokens:,} tokens of {HOOK} (d_model {args.d_model}, bf16) in {store.n_samples} samples; "
           f"SAE {args.arch} {args.d_model}->{args.d_sae}" + (f" k={args.k}" if args.arch == "topk" else "")
-          + f"; batches of {args.batch_tokens}; {os.cpu_count()} CPUs; page cache warm")
+          + f"; batches of {args.batch_tokens}; {os.cpu_count()} CPUs; page cache warm; tallies {args.tallies}"
+          + f" (JAX backend {jax.default_backend()})")
 
     def whole():
         summary = run(settings)
@@ -190,6 +229,7 @@ def main() -> int:
         ("features source", lambda: source_pass(prepared.source, args.batch_tokens)),
         ("plain read + SAE codes", lambda: codes_pass(store, prepared.sae, args.batch_tokens)),
         ("+ device step", lambda: device_pass(prepared.source, prepared.sae, args.batch_tokens)),
+        ("host folding (prepared)", lambda: fold_pass(prepared.source, prepared.sae, settings, args.batch_tokens)),
         ("arclens features", whole),
     ]
     plain_read(store, args.batch_tokens)  # warm the page cache
@@ -206,7 +246,7 @@ def main() -> int:
                 raise SystemExit(f"{name}: {n} tokens, the store has {store.n_tokens}")
             for part, value in [*parts.items(), (name, seconds)]:
                 best[part] = min(best.get(part, float("inf")), value)
-    order = [name for name, _ in rows[:-1]] + ["features pass (no files)", "arclens features"]
+    order = [name for name, _ in rows[:-2]] + ["host folding alone", "features pass (no files)", "arclens features"]
     results = [{"run": name, "seconds": best[name], "tokens_per_s": store.n_tokens / best[name]} for name in order]
     base = results[0]["seconds"]
     print(f"{'run':<28} {'seconds':>8} {'tokens/s':>12} {'x read':>9}")

@@ -217,7 +217,17 @@ class Accumulator:
         return np.asarray(lat)[:count], np.asarray(tok)[:count].astype(np.int64), np.asarray(val)[:count]
 
     def update(self, batch: Batch, z, stats: dict) -> None:
-        device_max = stats["max"]
+        """Fold in one batch's device results (features/device.py: codes and stats)."""
+        if self.device_tallies:
+            pairs, interval = self.tally_on_device(batch, z, stats)
+        else:
+            pairs, interval = self.pairs(z, int(np.asarray(stats["n_fires"]).sum())), None
+        self.fold(batch, stats, pairs, interval)
+
+    def fold(self, batch: Batch, stats: dict, pairs, interval) -> None:
+        """The host's part of `update`: the batch's sums and its firing pairs (latent, token,
+        value; token order), with their intervals when the device tallied them (None: the
+        counts by histogram column, interval and role are made here too)."""
         stats = {k: np.asarray(v) for k, v in stats.items()}
         self.n_tokens += int(batch.valid.sum())
         self.n_fires += stats["n_fires"]
@@ -225,10 +235,8 @@ class Accumulator:
         np.maximum(self.max, stats["max"], out=self.max)
         self.role_mass += stats["role_mass"]
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
-        if self.device_tallies:
-            (lat, tok, val), interval = self._tally_on_device(batch, z, int(stats["n_fires"].sum()), device_max)
-        else:
-            (lat, tok, val), interval = self.pairs(z, int(stats["n_fires"].sum())), None
+        lat, tok, val = pairs
+        if interval is None:
             flat = self._hist.reshape(-1)
             np.add.at(flat, lat.astype(np.int64) * N_HIST + hist_bins(val), flat.dtype.type(1))
         near = np.flatnonzero(val >= -self.top.bars()[lat])  # only these can enter a top-K
@@ -281,13 +289,16 @@ class Accumulator:
         near = np.flatnonzero(hashes <= self.draws.bars()[groups])  # only these can be drawn
         return near[self.draws.offer(groups[near], hashes[near], batch.order[tok[near]], val[near])]
 
-    def _tally_on_device(self, batch: Batch, z, n_expected: int, device_max):
+    def tally_on_device(self, batch: Batch, z, stats: dict):
         """The batch's counts by histogram column, interval and role, added on the device
-        (features/tally.py); returns the firing pairs (in token order) and their intervals."""
+        (features/tally.py); returns the firing pairs (in token order) and their intervals, for
+        `fold`. Calls must come in batch order, each before the batch's fold."""
+        device_max, n_expected = stats["max"], int(np.asarray(stats["n_fires"]).sum())
         if self._tallied_tokens + batch.size >= MOVE_TALLIES_EVERY:  # before any int32 count could wrap
             self._move_tallies()
-        if self._tallies is None:
-            exponent = np.where(self.exponent == _NO_EXPONENT, tally.NO_EXPONENT, self.exponent)
+        if self._tallies is None:  # (on the grid the last move left: the device's, which may run ahead of folds)
+            e = self._tallied_exponent
+            exponent = np.where(e == _NO_EXPONENT, tally.NO_EXPONENT, e)
             self._tallies = tally.new_tallies(self.d_sae, N_HIST, self.n_intervals, exponent)
         self._tallied_tokens += batch.size
         role_cols, q = jnp.asarray(batch.role_cols), self.n_intervals
