@@ -170,11 +170,8 @@ def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
     ahead, ready = accumulator(), []
     for b in source.batches(batch_tokens):
         z, stats = encode_batch(sae, b)
-        if ahead.device_tallies:
-            pairs, interval = ahead.tally_on_device(b, z, stats)
-        else:
-            pairs, interval = ahead.pairs(z, int(np.asarray(stats["n_fires"]).sum())), None
-        ready.append((b, {k: np.asarray(v) for k, v in stats.items()}, pairs, interval))
+        _, _, resolve = ahead.dispatch(b, z, stats)  # (the device's part, and the pairs brought back)
+        ready.append((b, {k: np.asarray(v) for k, v in stats.items()}, *resolve()))
     acc = accumulator()
     t0 = time.perf_counter()
     for item in ready:

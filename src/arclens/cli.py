@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model source's compute dtype (as extract --dtype)")
     p.add_argument("--allow-other-model", action="store_true",
                    help="the model source: run an SAE whose cfg names another model (same weights, other name)")
+    p.add_argument("--tallies", choices=["auto", "device", "host"], default="auto",
+                   help="where the per-pair counts (histogram, intervals x roles) are made; every choice writes the "
+                        "same files (auto: the device, unless it is the CPU or they would fill a quarter of it)")
     p.add_argument("--png", type=int, nargs="+", default=None, metavar="LATENT",
                    help="also draw these latents' top examples as ARC grids: FDIR/figures/latent-L.png")
     p.add_argument("--png-dir", default=None, help="folder for the --png figures (default FDIR/figures)")

@@ -75,6 +75,11 @@ def test_bad_numbers(capsys, tmp_path, exact_store, flag, value):
     _refused(capsys, tmp_path, "--sae", _sae(tmp_path), "--store", exact_store.dest, flag, value, match=flag)
 
 
+def test_device_tallies_with_too_many_quantiles(capsys, tmp_path, exact_store):
+    _refused(capsys, tmp_path, "--sae", _sae(tmp_path), "--store", exact_store.dest, "--tallies", "device",
+             "--quantiles", 1 << 18, match="--tallies device: --quantiles must be below 262144")
+
+
 def test_no_source(capsys, tmp_path):
     _refused(capsys, tmp_path, "--sae", _sae(tmp_path), match="give --store DEST, or --model MODEL --tasks SRC")
 

@@ -143,12 +143,24 @@ def device_pairs(z, n_expected: int, cap: int):
     return (lat, tok, val), int(count), cap
 
 
-def _use_device_tallies(tallies: str, n_intervals: int) -> bool:
-    if tallies not in ("auto", "host", "device"):
-        raise ValueError(f"tallies must be auto, host or device, not {tallies!r}")
-    if tallies == "auto":
-        tallies = "host" if jax.default_backend() == "cpu" else "device"
-    return tallies == "device" and n_intervals < tally.MAX_QUANTILES
+TALLIES = ("auto", "device", "host")
+
+
+def _use_device_tallies(tallies: str, d_sae: int, n_intervals: int) -> bool:
+    """"auto": the device, unless it is the CPU (numpy's add.at beats XLA's CPU scatter-add, on
+    the same cores), or the counts would take more than a quarter of its memory (twice
+    `d_sae x Q x 126` int32 at a merge), or Q is too large for the integer interval."""
+    if tallies not in TALLIES:
+        raise ValueError(f"tallies must be one of {TALLIES}, not {tallies!r}")
+    if tallies == "device" and n_intervals >= tally.MAX_QUANTILES:
+        raise ValueError(f"device tallies need fewer than {tally.MAX_QUANTILES} quantile intervals")
+    if tallies != "auto":
+        return tallies == "device"
+    device = jax.devices()[0]
+    if device.platform == "cpu" or n_intervals >= tally.MAX_QUANTILES:
+        return False
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    return limit is None or 2 * tally.device_bytes(d_sae, N_HIST, n_intervals) <= limit / 4
 
 
 def _on_cpu(array) -> bool:
@@ -180,7 +192,7 @@ class Accumulator:
         self.draws = BestPerGroup(f * n_intervals, per_interval, np.int64)
         self.exponent = np.full(f, _NO_EXPONENT, np.int64)
         self._interval_counts = np.zeros((f, n_intervals), np.int64)
-        self.device_tallies = _use_device_tallies(tallies, n_intervals)
+        self.device_tallies = _use_device_tallies(tallies, d_sae, n_intervals)
         self._tallies = None  # tally.Tallies on the device, when device_tallies
         self._tallied_exponent = self.exponent.copy()  # the interval grid of the host's counts
         self._tallied_tokens = 0  # token slots in the device's counts since they were moved here
@@ -218,11 +230,19 @@ class Accumulator:
 
     def update(self, batch: Batch, z, stats: dict) -> None:
         """Fold in one batch's device results (features/device.py: codes and stats)."""
+        self.complete(self.dispatch(batch, z, stats))
+
+    def dispatch(self, batch: Batch, z, stats: dict) -> tuple:
+        """Start the device's part of a batch, without waiting for it: call right after
+        `encode_batch`, in batch order, so that the device tallies batch i while the host folds
+        batch i-1. Returns what `complete` folds in."""
         if self.device_tallies:
-            pairs, interval = self.tally_on_device(batch, z, stats)
-        else:
-            pairs, interval = self.pairs(z, int(np.asarray(stats["n_fires"]).sum())), None
-        self.fold(batch, stats, pairs, interval)
+            return batch, stats, self._tally_on_device(batch, z, stats)
+        return batch, stats, lambda: (self.pairs(z, int(np.asarray(stats["n_fires"]).sum())), None)
+
+    def complete(self, dispatched: tuple) -> None:
+        batch, stats, resolve = dispatched
+        self.fold(batch, stats, *resolve())
 
     def fold(self, batch: Batch, stats: dict, pairs, interval) -> None:
         """The host's part of `update`: the batch's sums and its firing pairs (latent, token,
@@ -289,35 +309,40 @@ class Accumulator:
         near = np.flatnonzero(hashes <= self.draws.bars()[groups])  # only these can be drawn
         return near[self.draws.offer(groups[near], hashes[near], batch.order[tok[near]], val[near])]
 
-    def tally_on_device(self, batch: Batch, z, stats: dict):
-        """The batch's counts by histogram column, interval and role, added on the device
-        (features/tally.py); returns the firing pairs (in token order) and their intervals, for
-        `fold`. Calls must come in batch order, each before the batch's fold."""
-        device_max, n_expected = stats["max"], int(np.asarray(stats["n_fires"]).sum())
+    def _tally_on_device(self, batch: Batch, z, stats: dict):
+        """Dispatch the batch's counts by histogram column, interval and role on the device
+        (features/tally.py). Returns a function that waits for them and gives the firing pairs
+        (token order) and their intervals, for `fold`."""
         if self._tallied_tokens + batch.size >= MOVE_TALLIES_EVERY:  # before any int32 count could wrap
             self._move_tallies()
-        if self._tallies is None:  # (on the grid the last move left: the device's, which may run ahead of folds)
+        if self._tallies is None:  # on the grid the last move left (the device's, which runs ahead of folds)
             e = self._tallied_exponent
-            exponent = np.where(e == _NO_EXPONENT, tally.NO_EXPONENT, e)
-            self._tallies = tally.new_tallies(self.d_sae, N_HIST, self.n_intervals, exponent)
+            self._tallies = tally.new_tallies(self.d_sae, N_HIST, self.n_intervals,
+                                              np.where(e == _NO_EXPONENT, tally.NO_EXPONENT, e))
         self._tallied_tokens += batch.size
-        role_cols, q = jnp.asarray(batch.role_cols), self.n_intervals
-        if isinstance(z, tuple):  # TopK codes [N, k]: the pairs are their firing slots
+        role_cols, q, device_max = jnp.asarray(batch.role_cols), self.n_intervals, stats["max"]
+        if isinstance(z, tuple):  # TopK codes [N, k]: the pairs are their firing slots; nothing waits here
             self._tallies, interval = tally.tally_topk(self._tallies, *z, role_cols, device_max, EDGES32,
                                                        n_intervals=q)
-            return topk_pairs(*z, interval)
+            return lambda: topk_pairs(*z, interval)
         if _on_cpu(z):  # the pairs are cut in host memory and padded to a power of two (few shapes)
-            lat, tok, val = host_pairs(z)
-            count, size = len(lat), 1 << max(len(lat) - 1, 0).bit_length()
-            pad = size - count
-            lat_d, tok_d, val_d = (np.pad(a, (0, pad)) for a in (lat, tok.astype(np.int32), val))
-        else:  # cut on the device; only they come back
+            pairs = host_pairs(z)
+            count = len(pairs[0])
+            pad = (1 << max(count - 1, 0).bit_length()) - count
+            lat_d, tok_d, val_d = (np.pad(a, (0, pad)) for a in (pairs[0], pairs[1].astype(np.int32), pairs[2]))
+        else:  # cut on the device, only they come back (sizing them waits for the batch's count)
+            n_expected = int(np.asarray(stats["n_fires"]).sum())
             (lat_d, tok_d, val_d), count, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
+            pairs = None
         self._tallies, interval = tally.tally_pairs(self._tallies, lat_d, tok_d, val_d, count, role_cols,
                                                     device_max, EDGES32, n_intervals=q)
-        if _on_cpu(z):
-            return (lat, tok, val), np.asarray(interval)[:count]
-        return tuple(np.asarray(a)[:count] for a in (lat_d, tok_d, val_d)), np.asarray(interval)[:count]
+
+        def resolve():
+            if pairs is not None:
+                return pairs, np.asarray(interval)[:count]
+            got = np.asarray(lat_d)[:count], np.asarray(tok_d)[:count].astype(np.int64), np.asarray(val_d)[:count]
+            return got, np.asarray(interval)[:count]
+        return resolve
 
     def _move_tallies(self) -> None:
         """Add the device's counts into the host's int64 ones (on the device's interval grid)."""

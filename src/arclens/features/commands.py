@@ -19,7 +19,7 @@ def settings_from_args(args):
         solutions=args.solutions, max_tasks=args.max_tasks, prompt=prompt, top_k=args.top_k,
         quantiles=args.quantiles, quantile_examples=args.quantile_examples, context=args.context,
         logits=args.logits, batch_tokens=args.batch_tokens, dtype=args.dtype,
-        allow_other_model=args.allow_other_model,
+        allow_other_model=args.allow_other_model, tallies=args.tallies,
     )
 
 

@@ -29,8 +29,8 @@ class FeaturesSettings:
     logits: int = 10
     batch_tokens: int | None = None  # None: STORE_BATCH_TOKENS from a store, the extract job's default from a model
     progress: bool = True
-    # where the per-pair counts are made: "auto" (the device unless it is the CPU), "device" or
-    # "host". Not a flag: every choice writes the same files (tests/features/test_tallies.py).
+    # where the per-pair counts are made (--tallies; features/accumulate.py): every choice writes
+    # the same files (tests/features/test_tallies.py)
     tallies: str = "auto"
 
     def check(self) -> None:
@@ -39,6 +39,13 @@ class FeaturesSettings:
                                  ("--logits", self.logits, 0), ("--batch-tokens", self.batch_tokens, 1)):
             if value is not None and value < low:
                 raise UserError(f"{flag}: expected a number >= {low}, got {value}")
+        from arclens.features.accumulate import TALLIES
+        from arclens.features.tally import MAX_QUANTILES
+
+        if self.tallies not in TALLIES:
+            raise UserError(f"--tallies: expected one of {', '.join(TALLIES)}, got {self.tallies!r}")
+        if self.tallies == "device" and self.quantiles >= MAX_QUANTILES:
+            raise UserError(f"--tallies device: --quantiles must be below {MAX_QUANTILES}, got {self.quantiles}")
 
 
 @dataclass
@@ -271,13 +278,13 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
     progress = ProgressReporter(source.n_samples, enabled=s.progress)
     pending = None
     for batch in source.batches(p.batch_tokens):
-        z, stats = encode_batch(sae, batch)
+        dispatched = acc.dispatch(batch, *encode_batch(sae, batch))
         if pending is not None:  # the host folds in the previous batch while the device runs this one
-            acc.update(*pending)
+            acc.complete(pending)
             progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
-        pending = (batch, z, stats)
+        pending = dispatched
     if pending is not None:
-        acc.update(*pending)
+        acc.complete(pending)
         progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
     progress.close()
     t_pass = time.perf_counter()

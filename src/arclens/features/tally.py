@@ -7,7 +7,8 @@ the accumulator's time per pair (a sort of ``pairs x 8`` codes, searchsorted, bi
 accelerator they are scatter-adds into arrays that stay on the device, carried from batch to
 batch (donated, so updated in place), and brought back only every ~2**31 tokens and at the end.
 
-Every count is exact and equal to the host's (features/accumulate.py):
+Every count is exact and equal to the host's (features/accumulate.py), for normal float32
+activations (a subnormal one follows the backend's flush-to-zero mode here):
 
 - a histogram column is the number of edges <= v. The float64 edges are rounded *up* to float32
   once, so ``edge32 <= v`` holds exactly when ``edge <= v`` for every float32 ``v``;
@@ -50,6 +51,11 @@ class Tallies(NamedTuple):
     hist: jax.Array  # int32 [F, H]
     interval_counts: jax.Array  # int32 [F, Q]
     role_bins: jax.Array  # int32 [F, Q, R]
+
+
+def device_bytes(d_sae: int, n_hist: int, n_intervals: int) -> int:
+    """Bytes of one `Tallies` (a merge briefly holds two of the interval arrays)."""
+    return 4 * d_sae * (1 + n_hist + n_intervals * (1 + N_ROLE_COLUMNS))
 
 
 def new_tallies(d_sae: int, n_hist: int, n_intervals: int, exponent: np.ndarray | None = None) -> Tallies:
