@@ -94,13 +94,17 @@ class Captures:
         if not new.any():
             return
         codes, b_sample = codes[new], b_sample[first[new]]
-        for i in np.unique(b_sample).tolist():  # per sample: its pairs, by latent then token
+        wanted_lut = np.zeros(f, bool)
+        for i in np.unique(b_sample).tolist():  # per sample: the wanted latents' pairs, by latent then token
             s = batch.samples[i]
             lo, hi = np.searchsorted(token, [s.start, s.end])
-            lat, order = latent[lo:hi], np.argsort(latent[lo:hi], kind="stable")
-            lat_sorted, tok, val = lat[order], token[lo:hi][order] - s.start, value[lo:hi][order]
             mine = codes[b_sample == i]
             wanted = mine % f
+            wanted_lut[wanted] = True  # (sorting only their pairs: a sample has ~k x its tokens)
+            sel = lo + np.flatnonzero(wanted_lut[latent[lo:hi]])
+            wanted_lut[wanted] = False
+            order = sel[np.argsort(latent[sel], kind="stable")]
+            lat_sorted, tok, val = latent[order], token[order] - s.start, value[order]
             a, b = np.searchsorted(lat_sorted, wanted), np.searchsorted(lat_sorted, wanted, side="right")
             for c, x, y in zip(mine.tolist(), a.tolist(), b.tolist()):
                 self.acts[c] = (tok[x:y].astype(np.int32), val[x:y].astype(np.float32))
