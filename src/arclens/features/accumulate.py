@@ -3,21 +3,21 @@
 `Accumulator.update(batch, z, stats)` takes one batch's device results (features/device.py) and
 folds them into float64/int64 sums, the histograms, the exact top-K, the quantile intervals and
 their examples, consistency, and the activations that the kept examples will need
-(`Captures`). Nothing here grows with the number of tokens (docs/FEATURES.md, "How it is
+(features/captures.py). The counts that grow with the firing pairs are made on the device or
+here (features/tally.py). Nothing here grows with the number of tokens (docs/FEATURES.md, "How it is
 computed").
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from arclens.features import tally
-from arclens.features.batch import COLUMNS, Batch
+from arclens.features.batch import Batch
 from arclens.features.best import BestPerGroup
+from arclens.features.captures import Captures
 from arclens.features.consistency import Consistency
 from arclens.features.device import firing_pairs
 from arclens.features.hashing import latent_hashes
@@ -60,65 +60,6 @@ def merge_intervals(counts: np.ndarray, shift: np.ndarray) -> np.ndarray:
         for src in range(q):
             merged[rows, target[src]] += counts[rows, src]
     return merged
-
-
-@dataclass
-class SampleRecord:
-    """What an example's lines need of its sample: its table entry and per-token columns."""
-
-    info: dict
-    columns: dict[str, np.ndarray]
-    cells: object  # SampleCells
-    multi_token_cells: bool
-
-
-class Captures:
-    """The latent's activations on the sample of every kept example, keyed by (key rank, latent)."""
-
-    def __init__(self, d_sae: int):
-        self.d_sae = d_sae
-        self.acts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # rank * F + latent -> (offsets, values)
-        self.samples: dict[int, SampleRecord] = {}
-
-    def add(self, batch: Batch, latent: np.ndarray, token: np.ndarray, value: np.ndarray,
-            kept: np.ndarray) -> None:
-        """Keep the activations of (sample, latent) for the pairs `kept` (indices into the pairs,
-        which are in token order)."""
-        if not len(kept):
-            return
-        f = self.d_sae
-        b_sample = batch.sample_of[token[kept]].astype(np.int64)
-        ranks = np.asarray([s.rank for s in batch.samples], np.int64)[b_sample]
-        codes, first = np.unique(ranks * f + latent[kept], return_index=True)
-        new = np.asarray([c not in self.acts for c in codes.tolist()], bool)
-        if not new.any():
-            return
-        codes, b_sample = codes[new], b_sample[first[new]]
-        wanted_lut = np.zeros(f, bool)
-        for i in np.unique(b_sample).tolist():  # per sample: the wanted latents' pairs, by latent then token
-            s = batch.samples[i]
-            lo, hi = np.searchsorted(token, [s.start, s.end])
-            mine = codes[b_sample == i]
-            wanted = mine % f
-            wanted_lut[wanted] = True  # (sorting only their pairs: a sample has ~k x its tokens)
-            sel = lo + np.flatnonzero(wanted_lut[latent[lo:hi]])
-            wanted_lut[wanted] = False
-            order = sel[np.argsort(latent[sel], kind="stable")]
-            lat_sorted, tok, val = latent[order], token[order] - s.start, value[order]
-            a, b = np.searchsorted(lat_sorted, wanted), np.searchsorted(lat_sorted, wanted, side="right")
-            for c, x, y in zip(mine.tolist(), a.tolist(), b.tolist()):
-                self.acts[c] = (tok[x:y].astype(np.int32), val[x:y].astype(np.float32))
-            if s.rank not in self.samples:
-                self.samples[s.rank] = SampleRecord(dict(s.info), {k: np.array(s.columns[k]) for k in COLUMNS},
-                                                    s.cells, s.multi_token_cells)
-
-    def keep_only(self, live_codes: np.ndarray) -> None:
-        live = set(np.asarray(live_codes, np.int64).tolist())
-        for c in [c for c in self.acts if c not in live]:
-            del self.acts[c]
-        ranks = {c // self.d_sae for c in live}
-        for r in [r for r in self.samples if r not in ranks]:
-            del self.samples[r]
 
 
 def topk_pairs(latent, value, extra=None):
