@@ -4,6 +4,7 @@ steering along a latent, and the checks of an SAE against a model."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -118,6 +119,24 @@ def test_transcoder_splice_reads_its_input_hook_and_writes_its_output_hook(model
     clean = forward_jit(params, config, tokens, lengths, logits=True)["logits"]
     kept = forward_jit(params, config, tokens, lengths, logits=True, edits={tc.cfg.output_hook: splice(tc, True)})
     assert rel_err(kept["logits"], clean) <= 1e-5
+
+
+def test_a_splice_or_ablation_put_at_another_hook_than_its_saes_is_refused(model, batch):
+    """A transcoder's edit at its input hook, or an SAE's at another layer, would encode an
+    activation the SAE was never trained on, silently: one line names the hook it belongs at."""
+    config, params = model
+    tokens, lengths = batch
+    tc = make_sae("standard", "blocks.1.hook_resid_mid", hook_out="blocks.1.hook_mlp_out", seed=3)
+    sae = make_sae("topk", "blocks.1.hook_resid_post")
+    for hook, edit, name in (("blocks.1.hook_resid_mid", splice(tc), "splice"),
+                             ("blocks.2.hook_resid_post", splice(sae, True), "splice(keep_error)"),
+                             ("blocks.0.hook_resid_post", ablate(sae, [3]), "ablate")):
+        with pytest.raises(UserError, match=f"this {re.escape(name)} is made for {edit.hook} .*put it at {edit.hook}"):
+            forward_jit(params, config, tokens, lengths, edits={hook: edit})
+    # at its own hook it runs
+    forward_jit(params, config, tokens, lengths, edits={"blocks.1.hook_mlp_out": splice(tc)})
+    steered = steer_latent(sae, 3, 2.0)  # steering adds a direction: any hook may take it
+    forward_jit(params, config, tokens, lengths, edits={"blocks.0.hook_resid_post": steered})
 
 
 def test_steer_along_a_latent_adds_its_decoder_direction(model, batch):

@@ -266,6 +266,9 @@ class Edit:
     where: Where = field(default=_Everywhere(), metadata=_STATIC)
     reads: tuple[str, ...] = field(default=(), metadata=_STATIC)
     name: str = field(default="edit", metadata=_STATIC, compare=False)
+    # the one hook it is made for, or None (any): an SAE's splice or ablation encodes the
+    # activation it finds, which is only the SAE's input at the SAE's own (output) hook
+    hook: str | None = field(default=None, metadata=_STATIC)
 
     def __repr__(self) -> str:
         return f"{self.name}(where={self.where!r})" if not isinstance(self.where, _Everywhere) else f"{self.name}()"
@@ -334,6 +337,9 @@ def normalize_edits(edits: Mapping | None, n_layers: int) -> dict[str, Edit]:
                             f"(expected blocks.L.hook_KIND, KIND one of {', '.join(HOOK_KINDS)})") from None
         if not isinstance(edit, Edit):
             raise TypeError(f"edits[{name!r}]: expected an arclens.model.edits.Edit, got {type(edit).__name__}")
+        if edit.hook is not None and _canonical(edit.hook, n_layers) != hook.name:
+            raise UserError(f"edits[{name!r}]: this {edit.name} is made for {edit.hook} (its SAE's output hook), "
+                            f"not {hook.name}; put it at {edit.hook}")
         for read in edit.reads:
             try:
                 source = parse_hook(read, n_layers)
@@ -345,6 +351,13 @@ def normalize_edits(edits: Mapping | None, n_layers: int) -> dict[str, Edit]:
                                 "(an edit can read only earlier hooks)")
         out[hook.name] = edit
     return dict(sorted(out.items()))
+
+
+def _canonical(name: str, n_layers: int) -> str | None:
+    try:
+        return parse_hook(name, n_layers).name
+    except UserError:
+        return None
 
 
 class EditRunner:

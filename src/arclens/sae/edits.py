@@ -68,7 +68,8 @@ def splice(sae: SAE, keep_error: bool = False, where: Where = EVERYWHERE) -> Edi
     ``keep_error`` the reconstruction plus its error (the clean value, up to floating point)."""
     _check_hooks(sae)
     fn = _splice_keep_error if keep_error else _splice
-    return Edit(sae, fn, where, _reads(sae), name="splice(keep_error)" if keep_error else "splice")
+    return Edit(sae, fn, where, _reads(sae), name="splice(keep_error)" if keep_error else "splice",
+                hook=sae.cfg.output_hook)
 
 
 def ablate(sae: SAE, latents: Iterable[int], keep_error: bool = True, where: Where = EVERYWHERE) -> Edit:
@@ -80,7 +81,7 @@ def ablate(sae: SAE, latents: Iterable[int], keep_error: bool = True, where: Whe
     keep = np.ones(sae.cfg.d_sae, np.float32)
     keep[idx] = 0.0
     fn = _ablate_keep_error if keep_error else _ablate
-    return Edit((sae, jnp.asarray(keep)), fn, where, _reads(sae), name="ablate")
+    return Edit((sae, jnp.asarray(keep)), fn, where, _reads(sae), name="ablate", hook=sae.cfg.output_hook)
 
 
 def latent_direction(sae: SAE, latent: int) -> jnp.ndarray:
