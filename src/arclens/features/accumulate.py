@@ -104,7 +104,10 @@ def _use_device_tallies(tallies: str, d_sae: int, n_intervals: int) -> bool:
     device = jax.devices()[0]
     if device.platform == "cpu" or n_intervals >= tally.MAX_QUANTILES:
         return False
-    limit = (device.memory_stats() or {}).get("bytes_limit")
+    try:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+    except (NotImplementedError, RuntimeError):  # a backend that keeps no memory statistics
+        limit = None
     return limit is None or 2 * tally.device_bytes(d_sae, N_HIST, n_intervals) <= limit / 4
 
 
