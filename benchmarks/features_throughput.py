@@ -2,7 +2,7 @@
 """What does `arclens features` cost beside a plain read of the same store? One run, same store.
 
     PYTHONPATH=src python3 benchmarks/features_throughput.py [--dest DIR] [--tasks 40] [--d-model 256]
-        [--d-sae 2048] [--arch topk --k 32] [--batch-tokens 4096] [--tallies auto|host|device]
+        [--d-sae 2048] [--arch topk --k 32] [--batch-tokens 4096] [--tallies auto|device|host]
 
 The store holds real arc24 prompts (the first --tasks tasks of arc-agi-1/training, 8 augmentations
 each, answers shown, a random tiny model's byte-level tokenizer) with random bf16 activations of
@@ -181,6 +181,8 @@ def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
 
 
 def main() -> int:
+    from arclens.features.accumulate import TALLIES
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--dest", default=os.path.join(tempfile.gettempdir(), "arclens-features-bench"))
     ap.add_argument("--tasks", type=int, default=40, help="first N tasks of arc-agi-1/training (8 prompts each)")
@@ -190,7 +192,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=2, help="passes per row; the best is reported")
-    ap.add_argument("--tallies", choices=["auto", "host", "device"], default="auto",
+    ap.add_argument("--tallies", choices=TALLIES, default="auto",
                     help="where features makes its per-pair counts (auto: the device unless it is the CPU)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
