@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arclens.features.best import BestPerGroup
+from arclens.features.best import BestPerGroup, exact_order, rank_in_group
 
 
 @settings(max_examples=150, deadline=None)
@@ -35,6 +35,48 @@ def test_streamed_best_equals_the_best_of_everything(data, n_groups, cap, n_batc
         want = sorted((a, b) for gg, a, b in everything if gg == group)[:cap]
         have = [(a, b) for gg, a, b in zip(g.tolist(), k1s.tolist(), k2s.tolist()) if gg == group]
         assert have == want
+
+
+# keys that tie in the top 32 bits of their ordered form but not in full, and keys that tie in
+# full (-0.0 and 0.0 compare equal), for each k1 dtype BestPerGroup is used with
+_NEAR_KEYS = {
+    np.float64: [0.0, -0.0, 1.0, 1.0 + 2.0**-40, 1.0 - 2.0**-45, -1.0, -1.0 - 2.0**-40, 3e-300, -np.inf, np.inf],
+    np.float32: [0.0, -0.0, 1.0, float(np.nextafter(np.float32(1), np.float32(2))), -1.0, 2.5, -2.5, np.inf],
+    np.int64: [0, 1, 2, 2**32, 2**32 + 1, -1, -(2**32), 2**62, -(2**62), 2**63 - 1],
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(sorted(_NEAR_KEYS, key=str)), n=st.integers(0, 60))
+def test_exact_order_is_the_three_key_lexsort(data, dtype, n):
+    groups = np.asarray(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.int64)
+    k1 = np.asarray(data.draw(st.lists(st.sampled_from(_NEAR_KEYS[dtype]), min_size=n, max_size=n)), dtype)
+    shuffled = np.asarray(data.draw(st.permutations(range(n))), np.int64)
+    # distinct within a group, as a token's ordinal is; the same values recur across groups
+    k2 = np.asarray([int((shuffled[groups == g] < v).sum()) for g, v in zip(groups, shuffled)], np.int64)
+    order = exact_order(groups, k1, k2)
+    assert order.tolist() == np.lexsort((k2, k1, groups)).tolist()
+    assert rank_in_group(groups[order]).tolist() == [
+        int((groups[order][:i] == g).sum()) for i, g in enumerate(groups[order].tolist())]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(sorted(_NEAR_KEYS, key=str)), cap=st.integers(1, 4))
+def test_streamed_best_is_exact_for_keys_that_nearly_tie(data, dtype, cap):
+    best = BestPerGroup(3, cap, dtype)
+    everything, next_k2 = [], 0
+    for _ in range(data.draw(st.integers(1, 5))):
+        n = data.draw(st.integers(0, 15))
+        groups = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+        k1 = np.asarray(data.draw(st.lists(st.sampled_from(_NEAR_KEYS[dtype]), min_size=n, max_size=n)), dtype)
+        k2 = np.arange(next_k2, next_k2 + n)[::-1]  # (offered against their order)
+        next_k2 += n
+        best.offer(np.asarray(groups, np.int64), k1, k2, np.zeros(n, np.float32))
+        everything += list(zip(groups, k1.tolist(), k2.tolist()))
+    g, _, k1s, k2s, _ = best.items()
+    for group in range(3):
+        want = sorted((a + 0, b) for gg, a, b in everything if gg == group)[:cap]  # (-0.0 + 0 is 0.0)
+        assert [(a + 0, b) for a, b in zip(k1s[g == group].tolist(), k2s[g == group].tolist())] == want
 
 
 def test_take_and_reoffer_merges_groups():

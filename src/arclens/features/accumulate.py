@@ -136,7 +136,7 @@ class Accumulator:
         self._role_bins = np.zeros((f, n_intervals, N_ROLE_COLUMNS), np.int64 if wide else np.int32)
         self.role_tokens = np.zeros(N_ROLE_COLUMNS, np.int64)
         self._hist = np.zeros((f, N_HIST), np.int64)
-        self.top = BestPerGroup(f, top_k, np.float64)
+        self.top = BestPerGroup(f, top_k, np.float32)  # k1 = -activation, exact in float32
         self.draws = BestPerGroup(f * n_intervals, per_interval, np.int64)
         self.exponent = np.full(f, _NO_EXPONENT, np.int64)
         self._interval_counts = np.zeros((f, n_intervals), np.int64)
@@ -208,7 +208,7 @@ class Accumulator:
             flat = self._hist.reshape(-1)
             np.add.at(flat, lat.astype(np.int64) * N_HIST + hist_bins(val), flat.dtype.type(1))
         near = np.flatnonzero(val >= -self.top.bars()[lat])  # only these can enter a top-K
-        kept_top = near[self.top.offer(lat[near], -val[near].astype(np.float64), batch.order[tok[near]], val[near])]
+        kept_top = near[self.top.offer(lat[near], -val[near].astype(np.float32), batch.order[tok[near]], val[near])]
         kept_draw = self._update_intervals(batch, stats["max"], lat, tok, val, interval)
         self.captures.add(batch, lat, tok, val, np.union1d(kept_top, kept_draw))
         self.consistency.add_batch(batch, lat, tok)

@@ -53,7 +53,9 @@ class Consistency:
         codes, k = counts_of(fired)
         seen_cells, n = counts_of(cells)
         cell, latent = np.divmod(codes, self.d_sae)
-        n_seen = n[np.searchsorted(seen_cells, cell)]
+        seen_of = np.zeros(int(seen_cells[-1]) + 1, np.int64)  # (a task's cell codes are < its grids x 900)
+        seen_of[seen_cells] = n
+        n_seen = seen_of[cell]
         several = n_seen >= 2
         self.share_sum += np.bincount(latent[several], weights=k[several] / n_seen[several], minlength=self.d_sae)
         self.n_cells += np.bincount(latent[several], minlength=self.d_sae)

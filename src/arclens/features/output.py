@@ -99,7 +99,7 @@ def _example(acc, strings, context: int, latent: int, kind: str, rank: int, orde
     key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
     record = acc.captures.samples[key_rank]
     code = key_rank * acc.d_sae + latent
-    offsets, acts = acc.captures.acts[code]
+    offsets, acts = acc.captures.acts(code)
     if code not in cells_cache:
         cells_cache[code] = _cells_json(record, offsets, acts)
     cols = record.columns
