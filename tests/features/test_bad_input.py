@@ -70,7 +70,8 @@ def test_not_an_sae(capsys, tmp_path, exact_store):
     _refused(capsys, tmp_path, "--sae", tmp_path, "--store", exact_store.dest, match="cfg.json")
 
 
-@pytest.mark.parametrize("flag, value", [("--top-k", 0), ("--quantiles", 0), ("--batch-tokens", 0), ("--context", -1)])
+@pytest.mark.parametrize("flag, value", [("--top-k", 0), ("--quantiles", 0), ("--batch-tokens", 0), ("--context", -1),
+                                         ("--fold-workers", 0)])
 def test_bad_numbers(capsys, tmp_path, exact_store, flag, value):
     _refused(capsys, tmp_path, "--sae", _sae(tmp_path), "--store", exact_store.dest, flag, value, match=flag)
 

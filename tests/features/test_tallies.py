@@ -5,8 +5,6 @@ interval grids of the two halves are merged as a latent's max grows)."""
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +78,7 @@ def test_device_tallies_write_the_same_fdir(exact_run, exact_store, tmp_path, mo
     """`exact_run` (host counts, checked against brute force in test_exact_statistics.py) and the
     same run with the counts on the device, moved to the host every 2-3 batches, write identical
     files."""
-    from safetensors.numpy import load_file
+    from tests.support.fdirs import assert_same_fdir
     from tests.support.features_brute import SETTINGS
 
     from arclens.features.run import FeaturesSettings, run
@@ -100,14 +98,4 @@ def test_device_tallies_write_the_same_fdir(exact_run, exact_store, tmp_path, mo
                          tallies="device", **SETTINGS))
     assert merges, "no latent's grid grew between two moves: the merge on the host went unchecked"
     assert max(windows) > 2 * SETTINGS["batch_tokens"], "no window of several batches: the device's merge went unchecked"
-    for name in ("examples.jsonl", "samples.jsonl"):
-        assert (out / name).read_bytes() == (fdir / name).read_bytes(), f"{arch}: {name}"
-    want, got = (json.loads((d / "features.json").read_text()) for d in (fdir, out))
-    assert got.pop("created_at") and want.pop("created_at")
-    assert got == want
-    # (safetensors writes its metadata map in no fixed order, so the arrays are compared, not the bytes)
-    want, got = (load_file(str(d / "latents.safetensors")) for d in (fdir, out))
-    assert sorted(got) == sorted(want)
-    for name in want:
-        assert got[name].dtype == want[name].dtype, name
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert_same_fdir(out, fdir, arch)

@@ -85,6 +85,14 @@ class BestPerGroup:
         self.k1[groups], self.k2[groups], self.val[groups], self.n[groups] = self._none1, _K2_NONE, 0, 0
         return out
 
+    @classmethod
+    def concat(cls, parts: list[BestPerGroup]) -> BestPerGroup:
+        """The groups of every part, one part after another."""
+        whole = cls(0, parts[0].cap, parts[0].k1_dtype)
+        for name in ("k1", "k2", "val", "n"):
+            setattr(whole, name, np.concatenate([getattr(p, name) for p in parts]))
+        return whole
+
     def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every kept item as (group, slot, k1, k2, val), by group then slot (best first)."""
         mask = np.arange(self.cap)[None, :] < self.n[:, None]

@@ -20,6 +20,7 @@ def settings_from_args(args):
         quantiles=args.quantiles, quantile_examples=args.quantile_examples, context=args.context,
         logits=args.logits, batch_tokens=args.batch_tokens, dtype=args.dtype,
         allow_other_model=args.allow_other_model, tallies=args.tallies,
+        fold_workers=args.fold_workers,
     )
 
 

@@ -60,10 +60,25 @@ class Consistency:
         self.share_sum += np.bincount(latent[several], weights=k[several] / n_seen[several], minlength=self.d_sae)
         self.n_cells += np.bincount(latent[several], minlength=self.d_sae)
 
+    def close_all(self) -> None:
+        """Close the groups still open: those with samples the source never delivered."""
+        for group in list(self.fired):
+            self._close(group)
+
+    @classmethod
+    def concat(cls, parts: list[Consistency]) -> Consistency:
+        """The latents of every part, one part after another (each part's groups are closed)."""
+        whole = cls(sum(p.d_sae for p in parts), parts[0].group_sizes)
+        for p in parts:
+            p.close_all()
+        whole.seen = parts[0].seen.copy()
+        whole.share_sum = np.concatenate([p.share_sum for p in parts])
+        whole.n_cells = np.concatenate([p.n_cells for p in parts])
+        return whole
+
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """(consistency [F] with NaN where no cell qualifies, number of cells [F])."""
-        for group in list(self.fired):  # groups with samples the source never delivered
-            self._close(group)
+        self.close_all()
         with np.errstate(invalid="ignore", divide="ignore"):
             value = np.where(self.n_cells > 0, self.share_sum / self.n_cells, np.nan)
         return value, self.n_cells.copy()

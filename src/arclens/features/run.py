@@ -32,11 +32,15 @@ class FeaturesSettings:
     # where the per-pair counts are made (--tallies; features/accumulate.py): every choice writes
     # the same files (tests/features/test_tallies.py)
     tallies: str = "auto"
+    # processes folding the host's part, a range of latents each (--fold-workers; None: auto,
+    # features/accumulate.fold_workers_for): every number writes the same files
+    fold_workers: int | None = None
 
     def check(self) -> None:
         for flag, value, low in (("--top-k", self.top_k, 1), ("--quantiles", self.quantiles, 1),
                                  ("--quantile-examples", self.quantile_examples, 1), ("--context", self.context, 0),
-                                 ("--logits", self.logits, 0), ("--batch-tokens", self.batch_tokens, 1)):
+                                 ("--logits", self.logits, 0), ("--batch-tokens", self.batch_tokens, 1),
+                                 ("--fold-workers", self.fold_workers, 1)):
             if value is not None and value < low:
                 raise UserError(f"{flag}: expected a number >= {low}, got {value}")
         from arclens.features.accumulate import TALLIES
@@ -272,20 +276,25 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
 
     source, sae = p.source, p.sae
     acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
-                      per_interval=s.quantile_examples, max_tokens=source.n_tokens, tallies=s.tallies)
+                      per_interval=s.quantile_examples, max_tokens=source.n_tokens, tallies=s.tallies,
+                      fold_workers=s.fold_workers)
     from arclens.pipeline.progress import ProgressReporter
 
     progress = ProgressReporter(source.n_samples, enabled=s.progress)
     pending = None
-    for batch in source.batches(p.batch_tokens):
-        dispatched = acc.dispatch(batch, *encode_batch(sae, batch))
-        if pending is not None:  # the host folds in the previous batch while the device runs this one
+    try:
+        for batch in source.batches(p.batch_tokens):
+            dispatched = acc.dispatch(batch, *encode_batch(sae, batch))
+            if pending is not None:  # the host folds in the previous batch while the device runs this one
+                acc.complete(pending)
+                progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
+            pending = dispatched
+        if pending is not None:
             acc.complete(pending)
             progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
-        pending = dispatched
-    if pending is not None:
-        acc.complete(pending)
-        progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
+        acc.finish()
+    finally:
+        acc.close()  # (the workers, if the pass stopped early)
     progress.close()
     t_pass = time.perf_counter()
     logits = None

@@ -1,0 +1,190 @@
+"""The features pass's host fold split over worker processes, one range of latents each.
+
+Every statistic of a latent comes from its own firing pairs (features/fold.py), so the pairs of a
+batch are cut by latent range, and each range is folded by a `LatentFold` in its own process,
+in parallel and free of the interpreter lock. The batch (its per-token columns and samples) is
+pickled once and sent to every worker; each gets only its latents' pairs and sums. At the end the
+workers' folds come back and are put together end to end (`LatentFold.concat`), which gives what
+one fold of every latent gives (tests/features/test_fold_workers.py).
+
+Workers are new interpreters (``python -m arclens.features.shards``), neither forked (the parent
+runs JAX, whose threads a fork would copy mid-flight) nor multiprocessing's spawn, which imports
+the caller's main module again in each worker and so fails in a script without a ``__main__``
+guard. A worker ends when the pass ends, when its pipe closes (the parent exited), or on an
+error, which it sends to the parent to raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import traceback
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from arclens.features.fold import LatentFold
+
+_FINISH = b""  # the message that ends a worker's pass
+_SUMS = ("n_fires", "mass", "max", "role_mass")  # the batch's per-latent sums a worker folds
+
+
+class FoldWorkerError(RuntimeError):
+    pass
+
+
+def latent_ranges(d_sae: int, n_workers: int) -> list[tuple[int, int]]:
+    """`n_workers` consecutive ranges of latents, as equal as may be."""
+    cuts = np.linspace(0, d_sae, n_workers + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
+
+
+def _serve(conn: Connection) -> None:
+    try:
+        first_latent, d_sae, fold_kwargs = pickle.loads(conn.recv_bytes())
+        fold = LatentFold(d_sae, first_latent=first_latent, **fold_kwargs)
+        while (payload := conn.recv_bytes()) != _FINISH:
+            batch = pickle.loads(payload)
+            arrays = {name: np.frombuffer(conn.recv_bytes(), dtype).reshape(shape) for name, dtype, shape in conn.recv()}
+            stats = {name: arrays[name] for name in _SUMS}
+            pairs = arrays["latent"], arrays["token"], arrays["value"]
+            fold.fold(batch, stats, pairs, arrays.get("interval"))
+        fold.sweep()  # (what no kept example needs does not travel back)
+        fold.consistency.close_all()
+        conn.send(("ok", fold))
+    except EOFError:  # the parent went away: nothing to report to
+        return
+    except BaseException:  # noqa: BLE001 (every failure goes to the parent, which raises it)
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+
+
+def _pipe_pair() -> tuple[Connection, tuple[int, int]]:
+    """The parent's duplex end over two pipes, and the child's two descriptors (read, write)."""
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    for fd in (down_w, up_r):
+        os.set_inheritable(fd, False)
+    return _Duplex(up_r, down_w), (down_r, up_w)
+
+
+class _Duplex(Connection):
+    """A Connection that reads one pipe and writes another (multiprocessing's own are one fd)."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        super().__init__(read_fd)
+        self._writer = Connection(write_fd)
+
+    def _send(self, buf, write=os.write):
+        self._writer._send(buf, write)
+
+    def close(self):
+        super().close()
+        self._writer.close()
+
+
+class FoldWorkers:
+    """A pool of worker processes, each folding one range of latents."""
+
+    def __init__(self, d_sae: int, n_workers: int, fold_kwargs: dict):
+        self.d_sae = d_sae
+        self.ranges = latent_ranges(d_sae, n_workers)
+        self._part_of = np.repeat(np.arange(len(self.ranges), dtype=np.uint8 if n_workers <= 256 else np.uint16),
+                                  [hi - lo for lo, hi in self.ranges])  # latent -> its worker
+        self._conns, self._procs = [], []
+        for lo, hi in self.ranges:
+            conn, (read_fd, write_fd) = _pipe_pair()
+            proc = subprocess.Popen([sys.executable, "-m", "arclens.features.shards", str(read_fd), str(write_fd)],
+                                    pass_fds=(read_fd, write_fd), stdin=subprocess.DEVNULL)
+            os.close(read_fd)
+            os.close(write_fd)
+            self._conns.append(conn)
+            self._procs.append(proc)
+            self._send(len(self._conns) - 1, pickle.dumps((lo, hi - lo, fold_kwargs)), None)
+
+    def fold(self, batch, stats: dict, pairs, interval) -> None:
+        """Send each worker the batch and its latents' sums and pairs (their latents from 0)."""
+        lat, tok, val = pairs
+        part = self._part_of[lat]
+        # (a stable sort of 8- or 16-bit keys is numpy's radix sort: each part keeps token order)
+        order = np.argsort(part, kind="stable")
+        cuts = np.r_[0, np.cumsum(np.bincount(part, minlength=len(self.ranges)))]
+        lat, val = lat[order], val[order]
+        tok = tok[order].astype(np.int32)  # (slots of a batch: half the bytes to send)
+        interval = None if interval is None else interval[order]
+        payload = pickle.dumps(dataclasses.replace(batch, x=None), protocol=pickle.HIGHEST_PROTOCOL)
+        for i, (lo, hi) in enumerate(self.ranges):
+            a, b = cuts[i], cuts[i + 1]
+            arrays = {k: stats[k][lo:hi] for k in _SUMS}
+            arrays.update(latent=lat[a:b] - np.int32(lo), token=tok[a:b], value=val[a:b])
+            if interval is not None:
+                arrays["interval"] = interval[a:b]
+            self._send(i, payload, arrays)
+
+    def _send(self, i: int, payload: bytes, arrays: dict | None) -> None:
+        """`payload`, then (unless None) the arrays: their names, dtypes and shapes, and each
+        one's bytes straight from its memory (no pickled copy)."""
+        conn = self._conns[i]
+        try:
+            if conn.poll():  # a worker only speaks before the end to report its error
+                self._fail(i, conn.recv())
+            conn.send_bytes(payload)
+            if arrays is not None:
+                arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+                conn.send([(k, v.dtype.str, v.shape) for k, v in arrays.items()])
+                for v in arrays.values():
+                    conn.send_bytes(memoryview(v).cast("B"))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            self._fail(i, self._last_words(conn))
+
+    @staticmethod
+    def _last_words(conn):
+        """The error a worker sent before its pipe broke, if it sent one."""
+        try:
+            return conn.recv() if conn.poll(1) else None
+        except (EOFError, OSError):
+            return None
+
+    def _fail(self, i: int, message) -> None:
+        lo, hi = self.ranges[i]
+        self.close()
+        if message is not None and message[0] == "error":
+            raise FoldWorkerError(f"features: the fold of latents [{lo}, {hi}) failed in its worker:\n{message[1]}")
+        raise FoldWorkerError(f"features: the worker folding latents [{lo}, {hi}) died "
+                              f"(exit code {self._procs[i].returncode}); was it killed, or out of memory?")
+
+    def collect(self) -> LatentFold:
+        """End the pass: every worker's fold, put together into the fold of all the latents."""
+        for i in range(len(self.ranges)):
+            self._send(i, _FINISH, None)
+        parts = []
+        for i, conn in enumerate(self._conns):
+            try:
+                message = conn.recv()
+            except (EOFError, ConnectionResetError):
+                self._fail(i, None)
+            if message[0] != "ok":
+                self._fail(i, message)
+            parts.append(message[1])
+        self.close()
+        return LatentFold.concat(parts)
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()  # (a worker still reading sees the end of its pipe and exits)
+        for proc in self._procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":  # a worker: python -m arclens.features.shards READ_FD WRITE_FD
+    _serve(_Duplex(int(sys.argv[1]), int(sys.argv[2])))
