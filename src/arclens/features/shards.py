@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -59,34 +60,10 @@ def _serve(conn: Connection) -> None:
     except EOFError:  # the parent went away: nothing to report to
         return
     except BaseException:  # noqa: BLE001 (every failure goes to the parent, which raises it)
-        try:
-            conn.send(("error", traceback.format_exc()))
+        try:  # (kept short: the parent may be writing to this worker, so the pipe must take it whole)
+            conn.send(("error", traceback.format_exc()[-16_000:]))
         except OSError:
             pass
-
-
-def _pipe_pair() -> tuple[Connection, tuple[int, int]]:
-    """The parent's duplex end over two pipes, and the child's two descriptors (read, write)."""
-    down_r, down_w = os.pipe()
-    up_r, up_w = os.pipe()
-    for fd in (down_w, up_r):
-        os.set_inheritable(fd, False)
-    return _Duplex(up_r, down_w), (down_r, up_w)
-
-
-class _Duplex(Connection):
-    """A Connection that reads one pipe and writes another (multiprocessing's own are one fd)."""
-
-    def __init__(self, read_fd: int, write_fd: int):
-        super().__init__(read_fd)
-        self._writer = Connection(write_fd)
-
-    def _send(self, buf, write=os.write):
-        self._writer._send(buf, write)
-
-    def close(self):
-        super().close()
-        self._writer.close()
 
 
 class FoldWorkers:
@@ -98,12 +75,13 @@ class FoldWorkers:
         self._part_of = np.repeat(np.arange(len(self.ranges), dtype=np.uint8 if n_workers <= 256 else np.uint16),
                                   [hi - lo for lo, hi in self.ranges])  # latent -> its worker
         self._conns, self._procs = [], []
+        # (the parent's import path, so that a worker finds arclens wherever the parent found it)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         for lo, hi in self.ranges:
-            conn, (read_fd, write_fd) = _pipe_pair()
-            proc = subprocess.Popen([sys.executable, "-m", "arclens.features.shards", str(read_fd), str(write_fd)],
-                                    pass_fds=(read_fd, write_fd), stdin=subprocess.DEVNULL)
-            os.close(read_fd)
-            os.close(write_fd)
+            conn, theirs = multiprocessing.Pipe(duplex=True)  # (a socket pair: one descriptor each)
+            proc = subprocess.Popen([sys.executable, "-m", "arclens.features.shards", str(theirs.fileno())],
+                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+            theirs.close()
             self._conns.append(conn)
             self._procs.append(proc)
             self._send(len(self._conns) - 1, pickle.dumps((lo, hi - lo, fold_kwargs)), None)
@@ -186,5 +164,5 @@ class FoldWorkers:
                 proc.wait()
 
 
-if __name__ == "__main__":  # a worker: python -m arclens.features.shards READ_FD WRITE_FD
-    _serve(_Duplex(int(sys.argv[1]), int(sys.argv[2])))
+if __name__ == "__main__":  # a worker: python -m arclens.features.shards FD (its end of the socket pair)
+    _serve(Connection(int(sys.argv[1])))
