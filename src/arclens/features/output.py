@@ -4,6 +4,7 @@ samples.jsonl, into a temporary folder that is renamed into place once complete.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 import time
@@ -75,47 +76,94 @@ def publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _cells_json(record, offsets: np.ndarray, acts: np.ndarray) -> str:
+def _cell_prefixes(record) -> np.ndarray:
+    """Per token of a sample, the JSON text that starts its cell's entry, "[grid,row,col," ("" off
+    the cells): made once per sample, as most of examples.jsonl is these entries."""
+    cols = record.columns
+    grid, row, col = (cols[k].tolist() for k in ("grid", "row", "col"))
+    return np.asarray([f"[{g},{r},{c}," if g >= 0 else "" for g, r, c in zip(grid, row, col)], dtype=object)
+
+
+def _cells_json(record, prefixes: np.ndarray, offsets: np.ndarray, acts: np.ndarray) -> str:
     """`cells` of an example as JSON text: [grid, row, col, activation] of every cell where the
     latent fires, the largest activation over the cell's tokens (written straight from numpy:
     this is most of the bytes of examples.jsonl)."""
     cols = record.columns
     on_cell = cols["grid"][offsets] >= 0
-    g, r, c = (cols[k][offsets[on_cell]].astype(np.int64) for k in ("grid", "row", "col"))
-    a = acts[on_cell]
-    if record.multi_token_cells and len(a):
+    tokens, a = offsets[on_cell], acts[on_cell]
+    if not len(a):
+        return "[]"
+    if record.multi_token_cells:
+        g, r, c = (cols[k][tokens].astype(np.int64) for k in ("grid", "row", "col"))
         code = g * CELL_CODE_GRID + r * MAX_SIDE + c
         order = np.lexsort((-a, code))  # per cell, its largest activation first
         first = order[np.r_[True, code[order][1:] != code[order][:-1]]]
-        g, r, c, a = g[first], r[first], c[first], a[first]
-    values = np.asarray(a, np.float32).astype(str)
-    return "[" + ",".join(f"[{x},{y},{z},{v}]" for x, y, z, v in zip(g.tolist(), r.tolist(), c.tolist(),
-                                                                   values.tolist())) + "]"
+        tokens, a = tokens[first], a[first]
+    values = np.asarray(a, np.float32).astype(str).tolist()
+    return "[" + "],".join(map(operator.add, prefixes[tokens].tolist(), values)) + "]]"
 
 
-def _example(acc, strings, context: int, latent: int, kind: str, rank: int, order: int, value: float,
-             keys: list[str], cells_cache: dict) -> tuple[dict, str]:
-    """An example line without its `cells`, and the `cells` as JSON text."""
-    key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
-    record = acc.captures.samples[key_rank]
-    code = key_rank * acc.d_sae + latent
-    offsets, acts = acc.captures.acts(code)
-    if code not in cells_cache:
-        cells_cache[code] = _cells_json(record, offsets, acts)
-    cols = record.columns
-    i = int(np.searchsorted(cols["position"], position))
-    grid, row, col = int(cols["grid"][i]), int(cols["row"][i]), int(cols["col"][i])
-    n = len(cols["position"])
-    lo, hi = max(0, i - context), min(n, i + context + 1)
-    dense = np.zeros(hi - lo, np.float32)
-    sel = (offsets >= lo) & (offsets < hi)
-    dense[offsets[sel] - lo] = acts[sel]
-    ids = cols["token_id"][lo:hi]
-    return {"latent": latent, "kind": kind, "rank": rank, "key": keys[key_rank], "position": position,
-            "activation": f32(value), "token": strings([cols["token_id"][i]])[0],
-            "cell": [grid, row, col] if grid >= 0 else None,
-            "context": {"first": int(cols["position"][lo]), "positions": cols["position"][lo:hi].tolist(),
-                        "token_ids": ids.tolist(), "tokens": strings(ids), "acts": f32_list(dense)}}, cells_cache[code]
+class _ExampleWriter:
+    """The JSON lines of examples.jsonl, written as text: the numbers of an example come from its
+    (sample, latent), shared by a latent's examples, so their JSON is made once per pair, and
+    the token strings' once per token (json.dumps of the same line gives the same bytes:
+    tests/features/test_exact_statistics.py reads them back against brute force)."""
+
+    def __init__(self, acc, strings, context: int, keys: list[str]):
+        self.captures, self.d_sae, self.strings, self.context, self.keys = acc.captures, acc.d_sae, strings, context, keys
+        self._tokens: dict[int, str] = {}  # token id -> its string as JSON
+        self.pairs: dict[int, str] = {}  # (sample, latent) -> its cells as JSON
+        self._prefixes: dict[int, np.ndarray] = {}  # key rank -> _cell_prefixes (one latent's samples)
+
+    def token(self, token_id: int) -> str:
+        text = self._tokens.get(token_id)
+        if text is None:
+            text = self._tokens[token_id] = json.dumps(self.strings([token_id])[0])
+        return text
+
+    def line(self, latent: int, kind: str, rank: int, order: int, value: float, interval: dict | None) -> tuple[str, str]:
+        """(key, line) of one example: its latent, kind and rank, its token's (key rank << 32 |
+        position) and activation, and (quantile examples) its interval."""
+        key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
+        record = self.captures.samples[key_rank]
+        code = key_rank * self.d_sae + latent
+        offsets, acts = self.captures.acts(code)
+        cells = self.pairs.get(code)
+        if cells is None:
+            prefixes = self._prefixes.get(key_rank)
+            if prefixes is None:
+                prefixes = self._prefixes[key_rank] = _cell_prefixes(record)
+            cells = self.pairs[code] = _cells_json(record, prefixes, offsets, acts)
+        cols = record.columns
+        i = int(np.searchsorted(cols["position"], position))
+        grid = int(cols["grid"][i])
+        cell = f"[{grid}, {int(cols['row'][i])}, {int(cols['col'][i])}]" if grid >= 0 else "null"
+        lo, hi = max(0, i - self.context), min(len(cols["position"]), i + self.context + 1)
+        dense = ["0.0"] * (hi - lo)
+        a, b = np.searchsorted(offsets, [lo, hi])  # (offsets ascend)
+        for offset, v in zip(offsets[a:b].tolist(), f32_list(acts[a:b])):
+            dense[offset - lo] = _number(v)
+        ids = cols["token_id"][lo:hi].tolist()
+        key = self.keys[key_rank]
+        text = (f'{{"latent": {latent}, "kind": "{kind}", "rank": {rank}, "key": {json.dumps(key)}, '
+                f'"position": {position}, "activation": {_number(f32(value))}, '
+                f'"token": {self.token(int(cols["token_id"][i]))}, "cell": {cell}, '
+                f'"context": {{"first": {int(cols["position"][lo])}, '
+                f'"positions": [{", ".join(map(str, cols["position"][lo:hi].tolist()))}], '
+                f'"token_ids": [{", ".join(map(str, ids))}], "tokens": [{", ".join(map(self.token, ids))}], '
+                f'"acts": [{", ".join(dense)}]}}')
+        if interval is not None:
+            text += f', "interval": {json.dumps(interval, allow_nan=False)}'
+        return key, f'{text}, "cells": {cells}}}'
+
+
+def _number(x: float | None) -> str:
+    """A float as json.dumps writes it (None: null); NaN and infinities are refused, as there."""
+    if x is None:
+        return "null"
+    if not np.isfinite(x):
+        raise ValueError(f"Out of range float values are not JSON compliant: {x!r}")
+    return float.__repr__(x)
 
 
 def examples(acc, strings, context: int, keys: list[str]) -> Iterator[tuple[str, str]]:
@@ -130,22 +178,19 @@ def examples(acc, strings, context: int, keys: list[str]) -> Iterator[tuple[str,
     t_bounds = np.searchsorted(tg, np.arange(acc.d_sae + 1))
     d_bounds = np.searchsorted(d_lat, np.arange(acc.d_sae + 1))
     intervals = quantile_intervals(acc)
-
-    def line(d: dict, cells: str) -> str:
-        text = json.dumps(d, allow_nan=False)
-        return f'{text[:-1]}, "cells": {cells}}}'
-
+    writer = _ExampleWriter(acc, strings, context, keys)
+    tk2, tv, dk2, dv, d_int = tk2.tolist(), tv.tolist(), dk2.tolist(), dv.tolist(), d_int.tolist()
     for f in range(acc.d_sae):
-        cache: dict[int, str] = {}  # (sample, latent) -> cells: examples of one latent share samples
+        writer.pairs.clear()  # (examples of one latent share samples; another latent's never)
+        if len(writer._prefixes) > 4096:  # (a sample's prefixes are reused across latents, up to a bound)
+            writer._prefixes.clear()
         for rank, j in enumerate(range(t_bounds[f], t_bounds[f + 1])):
-            d, cells = _example(acc, strings, context, f, "top", rank, int(tk2[j]), float(tv[j]), keys, cache)
-            yield d["key"], line(d, cells)
+            yield writer.line(f, "top", rank, tk2[j], tv[j], None)
         by_index = {iv["index"]: iv for iv in (intervals[f] or {}).get("intervals", [])}
         for rank, j in enumerate(range(d_bounds[f], d_bounds[f + 1])):
-            d, cells = _example(acc, strings, context, f, "quantile", rank, int(dk2[j]), float(dv[j]), keys, cache)
-            iv = by_index[int(d_int[j])]
-            d["interval"] = {"index": iv["index"], "low": iv["low"], "high": iv["high"], "share": iv["share"]}
-            yield d["key"], line(d, cells)
+            iv = by_index[d_int[j]]
+            interval = {"index": iv["index"], "low": iv["low"], "high": iv["high"], "share": iv["share"]}
+            yield writer.line(f, "quantile", rank, dk2[j], dv[j], interval)
 
 
 def sample_line(record, prompt: dict) -> dict:
