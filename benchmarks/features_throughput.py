@@ -184,6 +184,7 @@ def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
     cpu = time.process_time() - cpu0
     acc.finish()  # (the workers' folds brought back and put together)
     seconds = time.perf_counter() - t0
+    acc.close()
     parts = {"host folding alone": seconds}
     if acc.fold_workers > 1:  # what the parent itself spends (cutting, sending): the bound with many cores
         parts["  of which the parent's CPU"] = cpu

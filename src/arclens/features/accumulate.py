@@ -127,6 +127,7 @@ class Accumulator:
         self.fold_workers = fold_workers_for(fold_workers, d_sae)
         self._workers = None
         self._latents = None
+        self._ended = False  # (`finish` was called: the fold is whole)
         if self.fold_workers > 1:
             from arclens.features.shards import FoldWorkers
 
@@ -142,13 +143,28 @@ class Accumulator:
 
     def finish(self) -> None:
         """End the pass: bring the workers' folds back and put them together (a no-op without
-        workers, and once done)."""
-        if self._workers is not None:
-            workers, self._workers = self._workers, None
-            self._latents = workers.collect()
+        workers, and once done). The kept examples' activations stay with the workers, which
+        write those examples' lines (`write_examples`)."""
+        if self._workers is not None and not self._ended:
+            self._latents = self._workers.collect()
+        self._ended = True
+
+    def write_examples(self, path, intervals: list, strings, context: int, keys: list[str]) -> dict:
+        """examples.jsonl at `path` (features/output.py), by the workers in parallel, each its
+        own latents' lines, when the pass had workers; returns the referenced samples' records."""
+        self.finish()
+        if self._workers is None:
+            from arclens.features.output import write_examples
+
+            return write_examples(path, self._latents, intervals, strings, context, keys)
+        try:
+            return self._workers.write_examples(path, intervals, strings, context, keys)
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """Stop the workers, if the pass ends early (an error, a stop)."""
+        """Stop the workers: after the examples are written, or if the pass ends early (an
+        error, a stop)."""
         if self._workers is not None:
             self._workers.close()
             self._workers = None
@@ -217,10 +233,10 @@ class Accumulator:
         stats = {k: np.asarray(v) for k, v in stats.items()}
         self.n_tokens += int(batch.valid.sum())
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
+        if self._ended:
+            raise RuntimeError("the features pass has ended: no batch can be folded in after `finish`")
         if self._workers is not None:
             self._workers.fold(batch, stats, pairs, interval)
-        elif self._latents is None:
-            raise RuntimeError("the features pass has ended: no batch can be folded in after `finish`")
         else:
             self._latents.fold(batch, stats, pairs, interval)
 
@@ -278,4 +294,5 @@ class Accumulator:
         self._role_bins += t.role_bins
 
     def sweep(self) -> None:
-        self.latents.sweep()
+        if self.latents.captures is not None:  # (with workers, each swept its own before finishing)
+            self.latents.sweep()

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from arclens.errors import UserError
-from arclens.features.accumulate import HIST_EDGES
 from arclens.features.cells import CELL_CODE_GRID, prompt_slots
+from arclens.features.fold import HIST_EDGES
 from arclens.features.layout import GRID_KINDS, MAX_SIDE, PROPERTIES, SHOWN_PROPERTIES
 from arclens.features.summary import (
     base_rates,
@@ -109,8 +109,9 @@ class _ExampleWriter:
     the token strings' once per token (json.dumps of the same line gives the same bytes:
     tests/features/test_exact_statistics.py reads them back against brute force)."""
 
-    def __init__(self, acc, strings, context: int, keys: list[str]):
-        self.captures, self.d_sae, self.strings, self.context, self.keys = acc.captures, acc.d_sae, strings, context, keys
+    def __init__(self, fold, strings, context: int, keys: list[str], first_latent: int = 0):
+        self.captures, self.d_sae, self.strings, self.context, self.keys = fold.captures, fold.d_sae, strings, context, keys
+        self.first_latent = first_latent
         self._tokens: dict[int, str] = {}  # token id -> its string as JSON
         self.pairs: dict[int, str] = {}  # (sample, latent) -> its cells as JSON
         self._prefixes: dict[int, np.ndarray] = {}  # key rank -> _cell_prefixes (one latent's samples)
@@ -126,7 +127,7 @@ class _ExampleWriter:
         position) and activation, and (quantile examples) its interval."""
         key_rank, position = int(order >> 32), int(order & _POSITION_MASK)
         record = self.captures.samples[key_rank]
-        code = key_rank * self.d_sae + latent
+        code = key_rank * self.d_sae + latent  # (the fold's own latent number)
         offsets, acts = self.captures.acts(code)
         cells = self.pairs.get(code)
         if cells is None:
@@ -145,7 +146,7 @@ class _ExampleWriter:
             dense[offset - lo] = _number(v)
         ids = cols["token_id"][lo:hi].tolist()
         key = self.keys[key_rank]
-        text = (f'{{"latent": {latent}, "kind": "{kind}", "rank": {rank}, "key": {json.dumps(key)}, '
+        text = (f'{{"latent": {latent + self.first_latent}, "kind": "{kind}", "rank": {rank}, "key": {json.dumps(key)}, '
                 f'"position": {position}, "activation": {_number(f32(value))}, '
                 f'"token": {self.token(int(cols["token_id"][i]))}, "cell": {cell}, '
                 f'"context": {{"first": {int(cols["position"][lo])}, '
@@ -166,21 +167,23 @@ def _number(x: float | None) -> str:
     return float.__repr__(x)
 
 
-def examples(acc, strings, context: int, keys: list[str]) -> Iterator[tuple[str, str]]:
-    """(key, JSON line) of every example, by latent, top before quantile, then rank."""
-    tg, _, _, tk2, tv = acc.top.items()
-    dg, _, _, dk2, dv = acc.draws.items()
-    q = acc.n_intervals
+def examples(fold, intervals: list, strings, context: int, keys: list[str],
+             first_latent: int = 0) -> Iterator[tuple[str, str]]:
+    """(key, JSON line) of every example of a fold's latents (features/fold.py), by latent, top
+    before quantile, then rank. `intervals`: `quantile_intervals` of those latents; their lines
+    are numbered from `first_latent`."""
+    tg, _, _, tk2, tv = fold.top.items()
+    dg, _, _, dk2, dv = fold.draws.items()
+    q = fold.n_intervals
     d_lat, d_int = np.divmod(dg, q)
     # quantile examples: intervals from the top, then draw order (the smallest hashes first)
     d_order = np.lexsort((np.arange(len(dg)), -d_int, d_lat))
     d_lat, d_int, dk2, dv = d_lat[d_order], d_int[d_order], dk2[d_order], dv[d_order]
-    t_bounds = np.searchsorted(tg, np.arange(acc.d_sae + 1))
-    d_bounds = np.searchsorted(d_lat, np.arange(acc.d_sae + 1))
-    intervals = quantile_intervals(acc)
-    writer = _ExampleWriter(acc, strings, context, keys)
+    t_bounds = np.searchsorted(tg, np.arange(fold.d_sae + 1))
+    d_bounds = np.searchsorted(d_lat, np.arange(fold.d_sae + 1))
+    writer = _ExampleWriter(fold, strings, context, keys, first_latent)
     tk2, tv, dk2, dv, d_int = tk2.tolist(), tv.tolist(), dk2.tolist(), dv.tolist(), d_int.tolist()
-    for f in range(acc.d_sae):
+    for f in range(fold.d_sae):
         writer.pairs.clear()  # (examples of one latent share samples; another latent's never)
         if len(writer._prefixes) > 4096:  # (a sample's prefixes are reused across latents, up to a bound)
             writer._prefixes.clear()
@@ -191,6 +194,19 @@ def examples(acc, strings, context: int, keys: list[str]) -> Iterator[tuple[str,
             iv = by_index[d_int[j]]
             interval = {"index": iv["index"], "low": iv["low"], "high": iv["high"], "share": iv["share"]}
             yield writer.line(f, "quantile", rank, dk2[j], dv[j], interval)
+
+
+def write_examples(path: Path, fold, intervals: list, strings, context: int, keys: list[str],
+                   first_latent: int = 0) -> dict:
+    """Write the examples of a fold's latents to `path`, one JSON line each; returns the
+    `SampleRecord`s of the samples they come from, by key rank (for samples.jsonl)."""
+    referenced = set()
+    with open(path, "w", encoding="utf-8") as fh:
+        for key, line in examples(fold, intervals, strings, context, keys, first_latent):
+            referenced.add(key)
+            fh.write(line + "\n")
+    samples = fold.captures.samples
+    return {rank: samples[rank] for rank in samples if keys[rank] in referenced}
 
 
 def sample_line(record, prompt: dict) -> dict:
@@ -244,15 +260,11 @@ def write_fdir(out: Path, acc, *, header: dict, keys: list[str], prompt: dict, l
                         "threshold_index": shown_cov["threshold_index"]}
         best = best_properties(f1, acc)
         quantiles = quantile_intervals(acc)
-        referenced = set()
-        with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
-            for key, line in examples(acc, strings, context, keys):
-                referenced.add(key)
-                fh.write(line + "\n")
+        # (by the fold workers, each its own latents' lines, when the pass had them)
+        records = acc.write_examples(tmp / "examples.jsonl", quantiles, strings, context, keys)
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as fh:
-            for rank in sorted(acc.captures.samples):
-                if keys[rank] in referenced:
-                    fh.write(json.dumps(sample_line(acc.captures.samples[rank], prompt), allow_nan=False) + "\n")
+            fh.writelines(json.dumps(sample_line(records[rank], prompt), allow_nan=False) + "\n"
+                          for rank in sorted(records))
         tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         tensors["hist_edges"] = HIST_EDGES.copy()
         tensors["coverage_f1"] = f1.max(axis=1).astype(np.float32)  # [F, P]: at each latent's best threshold

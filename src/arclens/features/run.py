@@ -293,17 +293,18 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
             acc.complete(pending)
             progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
         acc.finish()
+        progress.close()
+        t_pass = time.perf_counter()
+        logits = None
+        strings = TokenStrings(p.tokenizer)
+        if p.model_path is not None and s.logits > 0:
+            logits = logit_effect(np.asarray(sae.W_dec), p.model_path, s.logits,
+                                  n_vocab=len(p.tokenizer) if p.tokenizer is not None else None)
+        write_fdir(s.out, acc, header=p.header, keys=source.plan.keys, prompt=p.prompt, logits=logits,
+                   strings=strings, context=s.context)
     finally:
-        acc.close()  # (the workers, if the pass stopped early)
-    progress.close()
-    t_pass = time.perf_counter()
-    logits = None
-    strings = TokenStrings(p.tokenizer)
-    if p.model_path is not None and s.logits > 0:
-        logits = logit_effect(np.asarray(sae.W_dec), p.model_path, s.logits,
-                              n_vocab=len(p.tokenizer) if p.tokenizer is not None else None)
-    write_fdir(s.out, acc, header=p.header, keys=source.plan.keys, prompt=p.prompt, logits=logits,
-               strings=strings, context=s.context)
+        acc.close()  # (the fold workers: after they wrote their examples, or if the command stopped early)
+        progress.close()
     t_end = time.perf_counter()
     # pass: checks and the streaming pass (grows with tokens); write: logits and the files (with d_sae)
     return {"n_tokens": acc.n_tokens, "d_sae": acc.d_sae, "seconds": t_end - t0, "pass_seconds": t_pass - t0,

@@ -21,13 +21,16 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
+from arclens.features.captures import Captures
 from arclens.features.fold import LatentFold
 
 _FINISH = b""  # the message that ends a worker's pass
@@ -54,9 +57,16 @@ def _serve(conn: Connection) -> None:
             stats = {name: arrays[name] for name in _SUMS}
             pairs = arrays["latent"], arrays["token"], arrays["value"]
             fold.fold(batch, stats, pairs, arrays.get("interval"))
-        fold.sweep()  # (what no kept example needs does not travel back)
+        fold.sweep()
         fold.consistency.close_all()
+        captures, fold.captures = fold.captures, None  # (they stay: this worker writes their lines)
         conn.send(("ok", fold))
+        fold.captures = captures
+        while (request := conn.recv()) is not None:  # ("examples", path, intervals, strings, context, keys)
+            from arclens.features.output import write_examples
+
+            _, path, intervals, strings, context, keys = request
+            conn.send(("ok", write_examples(path, fold, intervals, strings, context, keys, first_latent)))
     except EOFError:  # the parent went away: nothing to report to
         return
     except BaseException:  # noqa: BLE001 (every failure goes to the parent, which raises it)
@@ -138,10 +148,40 @@ class FoldWorkers:
                               f"(exit code {self._procs[i].returncode}); was it killed, or out of memory?")
 
     def collect(self) -> LatentFold:
-        """End the pass: every worker's fold, put together into the fold of all the latents."""
+        """End the pass: every worker's fold, put together into the fold of all the latents,
+        without the kept examples' activations (each worker keeps its own: `write_examples`)."""
         for i in range(len(self.ranges)):
             self._send(i, _FINISH, None)
-        parts = []
+        parts = self._replies()
+        for part in parts:
+            part.captures = Captures(part.d_sae)  # (empty: what concat needs of them)
+        whole = LatentFold.concat(parts)
+        whole.captures = None
+        return whole
+
+    def write_examples(self, path, intervals: list, strings, context: int, keys: list[str]) -> dict:
+        """examples.jsonl at `path`: each worker writes its latents' lines to a part of it, all at
+        once, and the parts are joined in latent order. Returns the referenced samples' records."""
+        path = Path(path)
+        parts = [path.with_name(f"{path.name}.part-{i}") for i in range(len(self.ranges))]
+        for i, ((lo, hi), part) in enumerate(zip(self.ranges, parts)):
+            try:
+                self._conns[i].send(("examples", str(part), intervals[lo:hi], strings, context, keys))
+            except (BrokenPipeError, ConnectionResetError):
+                self._fail(i, self._last_words(self._conns[i]))
+        records: dict = {}
+        for found in self._replies():
+            records.update(found)
+        with open(path, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                part.unlink()
+        return records
+
+    def _replies(self) -> list:
+        """One "ok" reply from every worker, in order; an error or a death is raised."""
+        replies = []
         for i, conn in enumerate(self._conns):
             try:
                 message = conn.recv()
@@ -149,9 +189,8 @@ class FoldWorkers:
                 self._fail(i, None)
             if message[0] != "ok":
                 self._fail(i, message)
-            parts.append(message[1])
-        self.close()
-        return LatentFold.concat(parts)
+            replies.append(message[1])
+        return replies
 
     def close(self) -> None:
         for conn in self._conns:
