@@ -5,6 +5,7 @@ that fails or dies stops the pass with its range named, never a hang or a partia
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from tests.support.features_brute import SETTINGS
 from arclens.features import accumulate
 from arclens.features.batch import BatchBuilder
 from arclens.features.layout import N_ROLE_COLUMNS
-from arclens.features.shards import FoldWorkerError, FoldWorkers, latent_ranges
+from arclens.features.shards import FoldWorkerDied, FoldWorkerError, FoldWorkers, latent_ranges
 
 
 @pytest.mark.parametrize("workers, tallies", [(3, "host"), (2, "device")])
@@ -57,10 +58,12 @@ def _workers(d_sae: int, n: int) -> FoldWorkers:
 def test_a_killed_worker_is_named_not_waited_for():
     workers = _workers(8, 2)
     try:
+        # (in a session of their own: a Ctrl-C or a SIGTERM to the parent's group is the parent's to handle)
+        assert all(os.getsid(p.pid) == p.pid != os.getsid(0) for p in workers._procs)
         workers.fold(*_one_batch(8), None)
         workers._procs[1].kill()
         workers._procs[1].wait(10)
-        with pytest.raises(FoldWorkerError, match=r"the worker folding latents \[4, 8\) died \(exit code -9\)"):
+        with pytest.raises(FoldWorkerDied, match=r"the worker process folding latents \[4, 8\) died \(exit code -9\)"):
             for _ in range(50):  # (the first sends may still fit in the pipe)
                 workers.fold(*_one_batch(8), None)
             workers.collect()

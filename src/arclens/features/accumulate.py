@@ -97,7 +97,8 @@ def fold_workers_for(requested: int | None, d_sae: int) -> int:
         return max(1, min(int(requested), d_sae))
     if jax.devices()[0].platform == "cpu":
         return 1
-    return max(1, min(8, (os.cpu_count() or 1) // 2, d_sae))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 2, d_sae))  # (the cores this process may use: a container's, not the host's)
 
 
 class Accumulator:
@@ -230,11 +231,11 @@ class Accumulator:
         """The host's part of `update`: the batch's sums and its firing pairs (latent, token,
         value; token order), with their intervals when the device tallied them (None: the
         counts by histogram column, interval and role are made by the fold too)."""
+        if self._ended:
+            raise RuntimeError("the features pass has ended: no batch can be folded in after `finish`")
         stats = {k: np.asarray(v) for k, v in stats.items()}
         self.n_tokens += int(batch.valid.sum())
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
-        if self._ended:
-            raise RuntimeError("the features pass has ended: no batch can be folded in after `finish`")
         if self._workers is not None:
             self._workers.fold(batch, stats, pairs, interval)
         else:

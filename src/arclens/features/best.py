@@ -23,6 +23,8 @@ _K2_NONE = np.iinfo(np.int64).max
 
 class BestPerGroup:
     def __init__(self, n_groups: int, cap: int, k1_dtype=np.float64):
+        if n_groups >= 2**32:  # (exact_order keeps a group in 32 bits)
+            raise ValueError(f"BestPerGroup holds fewer than 2**32 groups, not {n_groups}")
         self.cap = int(cap)
         self.k1_dtype = np.dtype(k1_dtype)
         none1 = np.inf if self.k1_dtype.kind == "f" else np.iinfo(self.k1_dtype).max

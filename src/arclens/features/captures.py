@@ -86,22 +86,6 @@ class Captures:
         self._next_block += 1
         return self._next_block - 1
 
-    @classmethod
-    def concat(cls, parts: list[Captures]) -> Captures:
-        """The captures of latent ranges one after another, keyed by the whole's latents."""
-        whole = cls(sum(p.d_sae for p in parts))
-        first_latent = 0
-        for p in parts:
-            shift = whole._next_block
-            for code, (block, start, stop) in p.entries.items():
-                rank, latent = divmod(code, p.d_sae)
-                whole.entries[rank * whole.d_sae + first_latent + latent] = (block + shift, start, stop)
-            whole.blocks.update((block + shift, arrays) for block, arrays in p.blocks.items())
-            whole._next_block = shift + p._next_block
-            whole.samples.update(p.samples)
-            first_latent += p.d_sae
-        return whole
-
     def keep_only(self, live_codes: np.ndarray) -> None:
         live = set(np.asarray(live_codes, np.int64).tolist())
         for c in [c for c in self.entries if c not in live]:

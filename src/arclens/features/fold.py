@@ -166,7 +166,8 @@ class LatentFold:
 
     @classmethod
     def concat(cls, parts: list[LatentFold]) -> LatentFold:
-        """The fold of latents [0, sum of the parts' d_sae) from the folds of consecutive ranges."""
+        """The fold of latents [0, sum of the parts' d_sae) from the folds of consecutive ranges,
+        but for the kept examples' activations (`captures` is None): the parts write those lines."""
         first = parts[0]
         whole = cls.__new__(cls)
         whole.d_sae, whole.first_latent = sum(p.d_sae for p in parts), first.first_latent
@@ -181,5 +182,5 @@ class LatentFold:
         whole.top = BestPerGroup.concat([p.top for p in parts])
         whole.draws = BestPerGroup.concat([p.draws for p in parts])  # (groups are latent * Q + j)
         whole.consistency = Consistency.concat([p.consistency for p in parts])
-        whole.captures = Captures.concat([p.captures for p in parts])
+        whole.captures = None  # (each part keeps its kept examples' activations, and writes their lines)
         return whole

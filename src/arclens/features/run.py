@@ -275,14 +275,14 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
     from arclens.features.output import write_fdir
 
     source, sae = p.source, p.sae
-    acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
-                      per_interval=s.quantile_examples, max_tokens=source.n_tokens, tallies=s.tallies,
-                      fold_workers=s.fold_workers)
     from arclens.pipeline.progress import ProgressReporter
 
     progress = ProgressReporter(source.n_samples, enabled=s.progress)
-    pending = None
+    acc, pending = None, None
     try:
+        acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
+                          per_interval=s.quantile_examples, max_tokens=source.n_tokens, tallies=s.tallies,
+                          fold_workers=s.fold_workers)  # (its workers, if any, start here: closed below)
         for batch in source.batches(p.batch_tokens):
             dispatched = acc.dispatch(batch, *encode_batch(sae, batch))
             if pending is not None:  # the host folds in the previous batch while the device runs this one
@@ -303,7 +303,8 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
         write_fdir(s.out, acc, header=p.header, keys=source.plan.keys, prompt=p.prompt, logits=logits,
                    strings=strings, context=s.context)
     finally:
-        acc.close()  # (the fold workers: after they wrote their examples, or if the command stopped early)
+        if acc is not None:
+            acc.close()  # (the fold workers: after they wrote their examples, or if the command stopped early)
         progress.close()
     t_end = time.perf_counter()
     # pass: checks and the streaming pass (grows with tokens); write: logits and the files (with d_sae)

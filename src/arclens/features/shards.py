@@ -24,13 +24,14 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
-from arclens.features.captures import Captures
+from arclens.errors import RunFailed
 from arclens.features.fold import LatentFold
 
 _FINISH = b""  # the message that ends a worker's pass
@@ -38,7 +39,11 @@ _SUMS = ("n_fires", "mass", "max", "role_mass")  # the batch's per-latent sums a
 
 
 class FoldWorkerError(RuntimeError):
-    pass
+    """A worker's fold raised: a bug, raised here with the worker's traceback."""
+
+
+class FoldWorkerDied(RunFailed):
+    """A worker was killed (out of memory, a signal): one line, exit status 1 at the command line."""
 
 
 def latent_ranges(d_sae: int, n_workers: int) -> list[tuple[int, int]]:
@@ -85,12 +90,16 @@ class FoldWorkers:
         self._part_of = np.repeat(np.arange(len(self.ranges), dtype=np.uint8 if n_workers <= 256 else np.uint16),
                                   [hi - lo for lo, hi in self.ranges])  # latent -> its worker
         self._conns, self._procs = [], []
-        # (the parent's import path, so that a worker finds arclens wherever the parent found it)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        # (the parent's import path, so that a worker finds arclens wherever the parent found it;
+        # and JAX on the CPU only: a worker never computes with it, and must never open, or
+        # preallocate memory on, the parent's accelerator)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), JAX_PLATFORMS="cpu")
         for lo, hi in self.ranges:
             conn, theirs = multiprocessing.Pipe(duplex=True)  # (a socket pair: one descriptor each)
             proc = subprocess.Popen([sys.executable, "-m", "arclens.features.shards", str(theirs.fileno())],
-                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)  # (a Ctrl-C or a group's SIGTERM is the parent's
+            # to handle: a worker ends when the parent closes its socket, or exits)
             theirs.close()
             self._conns.append(conn)
             self._procs.append(proc)
@@ -128,7 +137,7 @@ class FoldWorkers:
                 conn.send([(k, v.dtype.str, v.shape) for k, v in arrays.items()])
                 for v in arrays.values():
                     conn.send_bytes(memoryview(v).cast("B"))
-        except (BrokenPipeError, ConnectionResetError, EOFError):
+        except (OSError, EOFError):  # (BrokenPipeError, ConnectionResetError, a message cut short)
             self._fail(i, self._last_words(conn))
 
     @staticmethod
@@ -144,20 +153,16 @@ class FoldWorkers:
         self.close()
         if message is not None and message[0] == "error":
             raise FoldWorkerError(f"features: the fold of latents [{lo}, {hi}) failed in its worker:\n{message[1]}")
-        raise FoldWorkerError(f"features: the worker folding latents [{lo}, {hi}) died "
-                              f"(exit code {self._procs[i].returncode}); was it killed, or out of memory?")
+        raise FoldWorkerDied(f"features: the worker process folding latents [{lo}, {hi}) died (exit code "
+                             f"{self._procs[i].returncode}): was it killed, or out of host memory? Nothing was "
+                             "written; fewer --fold-workers hold the same state in fewer processes")
 
     def collect(self) -> LatentFold:
         """End the pass: every worker's fold, put together into the fold of all the latents,
         without the kept examples' activations (each worker keeps its own: `write_examples`)."""
         for i in range(len(self.ranges)):
             self._send(i, _FINISH, None)
-        parts = self._replies()
-        for part in parts:
-            part.captures = Captures(part.d_sae)  # (empty: what concat needs of them)
-        whole = LatentFold.concat(parts)
-        whole.captures = None
-        return whole
+        return LatentFold.concat(self._replies())
 
     def write_examples(self, path, intervals: list, strings, context: int, keys: list[str]) -> dict:
         """examples.jsonl at `path`: each worker writes its latents' lines to a part of it, all at
@@ -167,7 +172,7 @@ class FoldWorkers:
         for i, ((lo, hi), part) in enumerate(zip(self.ranges, parts)):
             try:
                 self._conns[i].send(("examples", str(part), intervals[lo:hi], strings, context, keys))
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:
                 self._fail(i, self._last_words(self._conns[i]))
         records: dict = {}
         for found in self._replies():
@@ -185,7 +190,7 @@ class FoldWorkers:
         for i, conn in enumerate(self._conns):
             try:
                 message = conn.recv()
-            except (EOFError, ConnectionResetError):
+            except (EOFError, OSError):  # (dead, or killed in the middle of its reply)
                 self._fail(i, None)
             if message[0] != "ok":
                 self._fail(i, message)
@@ -195,9 +200,10 @@ class FoldWorkers:
     def close(self) -> None:
         for conn in self._conns:
             conn.close()  # (a worker still reading sees the end of its pipe and exits)
+        deadline = time.monotonic() + 5  # (one wait for them all; a worker still busy is then killed)
         for proc in self._procs:
             try:
-                proc.wait(5)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
