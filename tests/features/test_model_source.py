@@ -111,15 +111,16 @@ def test_the_model_source_equals_the_store_source(both, arch):
             assert x == y, f"{name}:{i + 1}"
 
 
-@pytest.mark.parametrize("tallies", ["auto", "device"])
-def test_two_devices_equal_one(both, tiny_model_dir, tmp_path, tallies):
+@pytest.mark.parametrize("tallies, workers", [("auto", 1), ("device", 1), ("auto", 2)])
+def test_two_devices_equal_one(both, tiny_model_dir, tmp_path, tallies, workers):
     """The captures sharded over a 2-device mesh, the SAE replicated on it: the same FDIR, with
     the per-pair counts made on the host (auto, on this CPU) or on the devices, as an accelerator
-    host with several chips makes them."""
+    host with several chips makes them, and with the host's fold in 2 worker processes."""
     root, runs = both
     out = tmp_path / "fdir"
     r = run_cli(["features", "--sae", root / "sae-topk", "--model", tiny_model_dir, "--tasks", root / "tasks.json",
-                 "--dtype", "float32", "--out", out, "--tallies", tallies, *PROMPT, *OPTIONS],
+                 "--dtype", "float32", "--out", out, "--tallies", tallies, "--fold-workers", str(workers),
+                 *PROMPT, *OPTIONS],
                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
     assert r.returncode == 0, r.stderr[-3000:]
     one = runs["topk"][1]
