@@ -23,8 +23,8 @@ every token:
 - ``+ device step``: the features source plus the SAE encode and the per-latent reductions on
   the device, and the firing pairs brought back to the host (features/device.py), with nothing
   folded in.
-- ``host folding alone``: the host's part of the pass (`Accumulator.fold`) over device results
-  made beforehand, and with ``--fold-workers N`` its workers' folds brought back at the end: with
+- ``host folding alone``: the host's part of the pass (the firing pairs cut into host arrays,
+  and `Accumulator.fold`) over device results made beforehand, and with ``--fold-workers N`` its workers' folds brought back at the end: with
   ``--tallies device`` it is what bounds the pass where the device's own part is nearly free (an
   accelerator).
 - ``of which the parent's CPU`` (with fold workers): the CPU time the parent process spent in
@@ -159,8 +159,8 @@ def device_pass(source, sae, batch_tokens: int) -> int:
 
 def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
     """The host's part of the pass alone: every batch's device results (codes, stats and, with
-    device tallies, the pairs' intervals) made and brought to the host first, untimed; then only
-    `Accumulator.fold` is timed. With device tallies this is what bounds the pass on an
+    device tallies, the pairs' intervals) made first, untimed; then the pairs' cut into host
+    arrays (`resolve`) and `Accumulator.fold` are timed. With device tallies this is what bounds the pass on an
     accelerator, whose own part is then nearly free."""
     import numpy as np
 
@@ -172,15 +172,18 @@ def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
                            n_intervals=settings.quantiles, per_interval=settings.quantile_examples,
                            max_tokens=source.n_tokens, tallies=settings.tallies, fold_workers=fold_workers)
 
+    import jax
+
     ahead, ready = accumulator(1), []
     for b in source.batches(batch_tokens):
         z, stats = encode_batch(sae, b)
-        _, _, resolve = ahead.dispatch(b, z, stats)  # (the device's part, and the pairs brought back)
-        ready.append((b, {k: np.asarray(v) for k, v in stats.items()}, *resolve()))
+        _, _, resolve = ahead.dispatch(b, z, stats)  # (the device's part)
+        jax.block_until_ready((z, stats, ahead._tallies))
+        ready.append((b, {k: np.asarray(v) for k, v in stats.items()}, resolve))
     acc = accumulator(settings.fold_workers)  # (its workers, if any, start before the clock)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    for item in ready:
-        acc.fold(*item)
+    for b, stats, resolve in ready:  # the pairs brought into host arrays, then folded in
+        acc.fold(b, stats, *resolve())
     cpu = time.process_time() - cpu0
     acc.finish()  # (the workers' folds brought back and put together)
     seconds = time.perf_counter() - t0
