@@ -12,6 +12,11 @@ runs JAX, whose threads a fork would copy mid-flight) nor multiprocessing's spaw
 the caller's main module again in each worker and so fails in a script without a ``__main__``
 guard. A worker ends when the pass ends, when its pipe closes (the parent exited), or on an
 error, which it sends to the parent to raise.
+
+The messages are pickled (multiprocessing's connections pickle too). They pass only between this
+process and the workers it started, over a socket pair they inherit: never through a file, a
+store or a network, so nothing from outside is ever unpickled (SPEC.md section 3's readers, which
+read files, never unpickle anything).
 """
 
 from __future__ import annotations
