@@ -144,15 +144,16 @@ def source_pass(source, batch_tokens: int) -> int:
     return sum(int(b.valid.sum()) for b in source.batches(batch_tokens))
 
 
-def device_pass(source, sae, batch_tokens: int) -> int:
+def device_pass(source, sae, settings, batch_tokens: int) -> int:
     from arclens.features.accumulate import Accumulator
     from arclens.features.device import encode_batch
 
-    acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=1, n_intervals=1, per_interval=1)
+    acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=1, n_intervals=1, per_interval=1,
+                      tallies=settings.tallies)
     n = 0
     for b in source.batches(batch_tokens):
-        z, stats = encode_batch(sae, b)
-        acc.pairs(z, int(stats["n_fires"].sum()))
+        _, _, resolve = acc.dispatch(b, *encode_batch(sae, b))
+        resolve()  # (the pairs, and their intervals with device tallies, brought to the host)
         n += int(b.valid.sum())
     return n
 
@@ -174,16 +175,18 @@ def fold_pass(source, sae, settings, batch_tokens: int) -> tuple[int, dict]:
 
     import jax
 
-    ahead, ready = accumulator(1), []
+    # (the device's part, by an accumulator of the same latent ranges: its workers are not used)
+    ahead, ready = accumulator(settings.fold_workers), []
+    ahead.close()
     for b in source.batches(batch_tokens):
         z, stats = encode_batch(sae, b)
-        _, _, resolve = ahead.dispatch(b, z, stats)  # (the device's part)
-        jax.block_until_ready((z, stats, ahead._tallies))
+        _, _, resolve = ahead.dispatch(b, z, stats)
+        jax.block_until_ready((z, stats, ahead._tallies, getattr(resolve, "grouped", None)))
         ready.append((b, {k: np.asarray(v) for k, v in stats.items()}, resolve))
     acc = accumulator(settings.fold_workers)  # (its workers, if any, start before the clock)
     t0, cpu0 = time.perf_counter(), time.process_time()
     for b, stats, resolve in ready:  # the pairs brought into host arrays, then folded in
-        acc.fold(b, stats, *resolve())
+        acc.fold(b, stats, resolve())
     cpu = time.process_time() - cpu0
     acc.finish()  # (the workers' folds brought back and put together)
     seconds = time.perf_counter() - t0
@@ -245,13 +248,13 @@ def main() -> int:
         ("Store.samples", lambda: samples_read(store)),
         ("features source", lambda: source_pass(prepared.source, args.batch_tokens)),
         ("plain read + SAE codes", lambda: codes_pass(store, prepared.sae, args.batch_tokens)),
-        ("+ device step", lambda: device_pass(prepared.source, prepared.sae, args.batch_tokens)),
+        ("+ device step", lambda: device_pass(prepared.source, prepared.sae, settings, args.batch_tokens)),
         ("host folding (prepared)", lambda: fold_pass(prepared.source, prepared.sae, settings, args.batch_tokens)),
         ("arclens features", whole),
     ]
     plain_read(store, args.batch_tokens)  # warm the page cache
     codes_pass(store, prepared.sae, args.batch_tokens)  # and compile every shape once
-    device_pass(prepared.source, prepared.sae, args.batch_tokens)
+    device_pass(prepared.source, prepared.sae, settings, args.batch_tokens)
     best: dict[str, float] = {}
     for name, fn in rows:
         for _ in range(args.repeats):

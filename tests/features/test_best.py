@@ -94,7 +94,7 @@ def test_pairs_cut_on_the_device_equal_numpys():
     fits) gives exactly what the CPU path gives; run here on the CPU backend."""
     import jax.numpy as jnp
 
-    from arclens.features.accumulate import device_pairs, host_pairs
+    from arclens.features.pairs import device_pairs, host_pairs
 
     rng = np.random.default_rng(0)
     z = np.where(rng.random((300, 40)) < 0.2, rng.random((300, 40)), 0).astype(np.float32)
@@ -116,9 +116,9 @@ def test_topk_step_equals_the_dense_step():
 
     import jax.numpy as jnp
 
-    from arclens.features.accumulate import Accumulator
     from arclens.features.device import ROLE_FIELDS, batch_stats, encode_batch
     from arclens.features.layout import role_columns
+    from arclens.features.pairs import host_pairs, topk_pairs
     from arclens.sae import SAEConfig, new_sae
 
     rng = np.random.default_rng(1)
@@ -139,9 +139,8 @@ def test_topk_step_equals_the_dense_step():
     z, want = batch_stats(sae, jnp.asarray(x), jnp.asarray(valid), *(jnp.asarray(batch.roles[r]) for r in ROLE_FIELDS))
     for name in want:
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
-    acc = Accumulator(f, np.ones(1, np.int64), top_k=1, n_intervals=1, per_interval=1)
-    dense = acc.pairs(np.asarray(z), 0)
-    sparse = acc.pairs(codes, 0)
+    dense = host_pairs(np.asarray(z))
+    sparse = topk_pairs(*codes)
     zn = np.asarray(z)
     assert ((zn[:, 3] > 0) & (zn[:, 7] == 0)).any()  # the tie cut at the k-th place, to the lower latent
     assert len(dense[0]) > n  # most slots fire; some of the k do not (pre <= 0)

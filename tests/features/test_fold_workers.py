@@ -15,7 +15,8 @@ from tests.support.features_brute import SETTINGS
 from arclens.features import accumulate
 from arclens.features.batch import BatchBuilder
 from arclens.features.layout import N_ROLE_COLUMNS
-from arclens.features.shards import FoldWorkerDied, FoldWorkerError, FoldWorkers, latent_ranges
+from arclens.features.pairs import cut_on_host, latent_ranges
+from arclens.features.shards import FoldWorkerDied, FoldWorkerError, FoldWorkers
 
 
 @pytest.mark.parametrize("workers, tallies", [(3, "host"), (2, "device")])
@@ -47,7 +48,7 @@ def _one_batch(d_sae: int, role_cols: int = N_ROLE_COLUMNS):
     stats = {"n_fires": np.zeros(d_sae, np.int64), "mass": np.zeros(d_sae), "max": np.zeros(d_sae, np.float32),
              "role_mass": np.zeros((d_sae, role_cols)), "role_tokens": np.zeros(N_ROLE_COLUMNS)}
     pairs = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    return batch, stats, pairs
+    return batch, stats, cut_on_host(pairs, None, latent_ranges(d_sae, 2))
 
 
 def _workers(d_sae: int, n: int) -> FoldWorkers:
@@ -60,12 +61,12 @@ def test_a_killed_worker_is_named_not_waited_for():
     try:
         # (in a session of their own: a Ctrl-C or a SIGTERM to the parent's group is the parent's to handle)
         assert all(os.getsid(p.pid) == p.pid != os.getsid(0) for p in workers._procs)
-        workers.fold(*_one_batch(8), None)
+        workers.fold(*_one_batch(8))
         workers._procs[1].kill()
         workers._procs[1].wait(10)
         with pytest.raises(FoldWorkerDied, match=r"the worker process folding latents \[4, 8\) died \(exit code -9\)"):
             for _ in range(50):  # (the first sends may still fit in the pipe)
-                workers.fold(*_one_batch(8), None)
+                workers.fold(*_one_batch(8))
             workers.collect()
     finally:
         workers.close()
@@ -74,7 +75,7 @@ def test_a_killed_worker_is_named_not_waited_for():
 def test_a_workers_error_comes_back_with_its_traceback():
     workers = _workers(8, 2)
     try:
-        workers.fold(*_one_batch(8, role_cols=3), None)  # role sums of the wrong width: each worker's += fails
+        workers.fold(*_one_batch(8, role_cols=3))  # role sums of the wrong width: each worker's += fails
         with pytest.raises(FoldWorkerError, match=r"(?s)the fold of latents \[0, 4\) failed in its worker:.*"
                                                   r"fold\.py.*ValueError"):
             workers.collect()

@@ -18,7 +18,7 @@ import numpy as np
 
 from arclens.features import tally
 from arclens.features.batch import Batch
-from arclens.features.device import firing_pairs
+from arclens.features.device import group_pairs, group_topk
 from arclens.features.fold import (  # noqa: F401 (where tests and the writer find them)
     EDGES32,
     HIST_EDGES,
@@ -31,40 +31,23 @@ from arclens.features.fold import (  # noqa: F401 (where tests and the writer fi
     merge_intervals,
 )
 from arclens.features.layout import N_ROLE_COLUMNS
+from arclens.features.pairs import (
+    OnDevice,
+    RangePairs,
+    cut_on_host,
+    device_pairs,
+    host_pairs,
+    latent_ranges,
+    part_of_latent,
+    topk_pairs,
+)
 
 GC_EVERY = 32  # batches between sweeps of activations no kept example needs any more
 MOVE_TALLIES_EVERY = 2**31  # token slots the device's int32 counts may take before they come here
 
 
-def topk_pairs(latent, value, extra=None):
-    """The firing pairs (latent, token, value) of TopK codes ``(latent, value) [N, k]``, in
-    token order; with `extra` (another ``[N, k]``), also ``(pairs, extra's entries for them)``."""
-    latent, value = np.asarray(latent), np.asarray(value)
-    k = value.shape[1]
-    at = np.flatnonzero(value.reshape(-1) > 0)  # (flat gathers: 4x faster than np.nonzero's 2-D ones)
-    pairs = latent.reshape(-1)[at].astype(np.int32, copy=False), at // k, value.reshape(-1)[at]
-    return pairs if extra is None else (pairs, np.asarray(extra).reshape(-1)[at])
-
-
-def host_pairs(z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    zh = np.asarray(z)
-    at = np.flatnonzero(zh.reshape(-1) > 0)
-    tok, lat = np.divmod(at, zh.shape[1])
-    return lat.astype(np.int32), tok, zh.reshape(-1)[at]
-
-
-def device_pairs(z, n_expected: int, cap: int):
-    """The firing pairs of a dense ``z`` by `firing_pairs` on the device, `cap` pairs per token
-    at first, doubled until they fit (each new size compiles once). Returns the padded device
-    arrays (latent, token, value), the true count, and the cap that fitted."""
-    n_tokens = z.shape[0]
-    while n_expected > max(1, cap * n_tokens):
-        cap *= 2
-    lat, tok, val, count = firing_pairs(z, max(1, cap * n_tokens))
-    return (lat, tok, val), int(count), cap
-
-
 TALLIES = ("auto", "device", "host")
+PAIR_CUTS = TALLIES
 
 
 def _use_device_tallies(tallies: str, d_sae: int, n_intervals: int) -> bool:
@@ -105,12 +88,18 @@ def fold_workers_for(requested: int | None, d_sae: int) -> int:
 
 class Accumulator:
     def __init__(self, d_sae: int, group_sizes, *, top_k: int, n_intervals: int, per_interval: int,
-                 max_tokens: int | None = None, tallies: str = "auto", fold_workers: int | None = 1):
+                 max_tokens: int | None = None, tallies: str = "auto", fold_workers: int | None = 1,
+                 pair_cut: str = "auto"):
         """``tallies``: where the per-pair counts (histogram, intervals, interval x role) are
         made: "device" (features/tally.py), "host" (numpy, in the fold), or "auto": the device
         unless it is the CPU, where numpy is faster (XLA's CPU scatter-add is not) and the
         result is the same. ``fold_workers``: processes folding a range of latents each (1: the
-        fold runs here; None: `fold_workers_for`)."""
+        fold runs here; None: `fold_workers_for`). ``pair_cut``: where the firing pairs are
+        grouped by the workers' latent ranges (features/pairs.py): "device", "host", or "auto":
+        the device when it tallies or the codes are on an accelerator. Every choice folds the
+        same arrays."""
+        if pair_cut not in PAIR_CUTS:
+            raise ValueError(f"pair_cut must be one of {PAIR_CUTS}, not {pair_cut!r}")
         self.d_sae, self.n_intervals = d_sae, n_intervals
         self.n_tokens = 0
         self.role_tokens = np.zeros(N_ROLE_COLUMNS, np.int64)
@@ -128,6 +117,10 @@ class Accumulator:
                   "per_interval": per_interval, "wide_counts": wide, "host_tallies": not self.device_tallies,
                   "gc_every": GC_EVERY}
         self.fold_workers = fold_workers_for(fold_workers, d_sae)
+        self.ranges = latent_ranges(d_sae, self.fold_workers)
+        self.pair_cut = pair_cut
+        self._part_of = part_of_latent(self.ranges)
+        self._parts_on_device = None  # (part_of, starts) as device arrays, for device.group_pairs
         self._workers = None
         self._latents = None
         self._ended = False  # (`finish` was called: the fold is whole)
@@ -201,52 +194,83 @@ class Accumulator:
             return getattr(self, mine)
         return getattr(self.latents, fold_name)
 
-    def pairs(self, z, n_expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The batch's firing pairs (latent, token, value), in token order. TopK codes
-        ``(latent, value)`` already are the pairs. Dense ``z``: cut on the device on an
-        accelerator, so that only they come back; on the CPU backend ``z`` already is host
-        memory, and numpy's nonzero is ~20x faster than XLA's there."""
-        if isinstance(z, tuple):
-            return topk_pairs(*z)
-        if _on_cpu(z):
-            return host_pairs(z)
-        (lat, tok, val), count, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
-        return np.asarray(lat)[:count], np.asarray(tok)[:count].astype(np.int64), np.asarray(val)[:count]
-
     def update(self, batch: Batch, z, stats: dict) -> None:
         """Fold in one batch's device results (features/device.py: codes and stats)."""
         self.complete(self.dispatch(batch, z, stats))
 
     def dispatch(self, batch: Batch, z, stats: dict) -> tuple:
         """Start the device's part of a batch, without waiting for it: call right after
-        `encode_batch`, in batch order, so that the device tallies batch i while the host folds
-        batch i-1. Returns what `complete` folds in."""
-        if self.device_tallies:
-            return batch, stats, self._tally_on_device(batch, z, stats)
-        return batch, stats, lambda: (self.pairs(z, int(np.asarray(stats["n_fires"]).sum())), None)
+        `encode_batch`, in batch order, so that the device tallies and groups batch i while the
+        host folds batch i-1. ``z``: TopK codes ``(latent, value) [N, k]`` (already the pairs,
+        with the slots that do not fire) or dense codes ``[N, F]``. Returns what `complete`
+        folds in: its last item waits for the batch's pairs (a `RangePairs`)."""
+        on_device = self._cut_on_device(z)
+        if isinstance(z, tuple):
+            interval = self._tally_topk(batch, z, stats) if self.device_tallies else None
+            if on_device:
+                grouped = group_topk(*z, interval, *self._device_parts(), n_parts=len(self.ranges))
+                return batch, stats, OnDevice(grouped, self.ranges)
+            if interval is None:
+                return batch, stats, lambda: self._cut(topk_pairs(*z), None)
+            return batch, stats, lambda: self._cut(*topk_pairs(*z, interval))
+        if not (on_device or self.device_tallies):  # dense codes in host memory, cut by numpy
+            return batch, stats, lambda: self._cut(host_pairs(z), None)
+        if _on_cpu(z):  # the pairs are cut in host memory and padded to a power of two (few shapes)
+            pairs = host_pairs(z)
+            count = len(pairs[0])
+            pad = (1 << max(count - 1, 0).bit_length()) - count
+            flat = tuple(np.pad(a, (0, pad)) for a in (pairs[0], pairs[1].astype(np.int32), pairs[2]))
+        else:  # cut on the device, only they come back (sizing them waits for the batch's count)
+            n_expected = int(np.asarray(stats["n_fires"]).sum())
+            flat, count, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
+            pairs = None
+        interval = self._tally_pairs(batch, flat, count, stats) if self.device_tallies else None
+        if on_device:
+            grouped = group_pairs(*flat, interval, count, *self._device_parts(), n_parts=len(self.ranges))
+            return batch, stats, OnDevice(grouped, self.ranges)
+
+        def cut_here():
+            got = pairs if pairs is not None else tuple(np.asarray(a)[:count] for a in flat)
+            return self._cut(got, None if interval is None else np.asarray(interval)[:count])
+        return batch, stats, cut_here
 
     def complete(self, dispatched: tuple) -> None:
         batch, stats, resolve = dispatched
-        self.fold(batch, stats, *resolve())
+        self.fold(batch, stats, resolve())
 
-    def fold(self, batch: Batch, stats: dict, pairs, interval) -> None:
-        """The host's part of `update`: the batch's sums and its firing pairs (latent, token,
-        value; token order), with their intervals when the device tallied them (None: the
-        counts by histogram column, interval and role are made by the fold too)."""
+    def fold(self, batch: Batch, stats: dict, pairs: RangePairs) -> None:
+        """The host's part of `update`: the batch's sums and its firing pairs grouped by this
+        accumulator's latent ranges (features/pairs.py), with their intervals when the device
+        tallied them (None: the counts by histogram column, interval and role are made by the
+        fold too)."""
         if self._ended:
             raise RuntimeError("the features pass has ended: no batch can be folded in after `finish`")
+        if pairs.ranges != self.ranges:
+            raise ValueError(f"pairs grouped by {len(pairs.ranges)} latent ranges, the fold has {len(self.ranges)}")
         stats = {k: np.asarray(v) for k, v in stats.items()}
         self.n_tokens += int(batch.valid.sum())
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
         if self._workers is not None:
-            self._workers.fold(batch, stats, pairs, interval)
+            self._workers.fold(batch, stats, pairs)
         else:
-            self._latents.fold(batch, stats, pairs, interval)
+            self._latents.fold(batch, stats, *pairs.part(0))
 
-    def _tally_on_device(self, batch: Batch, z, stats: dict):
-        """Dispatch the batch's counts by histogram column, interval and role on the device
-        (features/tally.py). Returns a function that waits for them and gives the firing pairs
-        (token order) and their intervals, for `fold`."""
+    def _cut_on_device(self, z) -> bool:
+        if self.pair_cut != "auto":
+            return self.pair_cut == "device"
+        return self.device_tallies or not _on_cpu(z[1] if isinstance(z, tuple) else z)
+
+    def _cut(self, pairs, interval) -> RangePairs:
+        return cut_on_host(pairs, interval, self.ranges, self._part_of)
+
+    def _device_parts(self) -> tuple:
+        if self._parts_on_device is None:
+            self._parts_on_device = (jnp.asarray(self._part_of.astype(np.int32)),
+                                     jnp.asarray(np.array([lo for lo, _ in self.ranges], np.int32)))
+        return self._parts_on_device
+
+    def _tallies_for(self, batch: Batch) -> tally.Tallies:
+        """The device's counts, ready for this batch (moved here first if an int32 could wrap)."""
         if self._tallied_tokens + batch.size >= MOVE_TALLIES_EVERY:  # before any int32 count could wrap
             self._move_tallies()
         if self._tallies is None:  # on the grid the last move left (the device's, which runs ahead of folds)
@@ -254,29 +278,22 @@ class Accumulator:
             self._tallies = tally.new_tallies(self.d_sae, N_HIST, self.n_intervals,
                                               np.where(e == NO_EXPONENT, tally.NO_EXPONENT, e))
         self._tallied_tokens += batch.size
-        role_cols, q, device_max = jnp.asarray(batch.role_cols), self.n_intervals, stats["max"]
-        if isinstance(z, tuple):  # TopK codes [N, k]: the pairs are their firing slots; nothing waits here
-            self._tallies, interval = tally.tally_topk(self._tallies, *z, role_cols, device_max, EDGES32,
-                                                       n_intervals=q)
-            return lambda: topk_pairs(*z, interval)
-        if _on_cpu(z):  # the pairs are cut in host memory and padded to a power of two (few shapes)
-            pairs = host_pairs(z)
-            count = len(pairs[0])
-            pad = (1 << max(count - 1, 0).bit_length()) - count
-            lat_d, tok_d, val_d = (np.pad(a, (0, pad)) for a in (pairs[0], pairs[1].astype(np.int32), pairs[2]))
-        else:  # cut on the device, only they come back (sizing them waits for the batch's count)
-            n_expected = int(np.asarray(stats["n_fires"]).sum())
-            (lat_d, tok_d, val_d), count, self._pair_cap = device_pairs(z, n_expected, self._pair_cap)
-            pairs = None
-        self._tallies, interval = tally.tally_pairs(self._tallies, lat_d, tok_d, val_d, count, role_cols,
-                                                    device_max, EDGES32, n_intervals=q)
+        return self._tallies
 
-        def resolve():
-            if pairs is not None:
-                return pairs, np.asarray(interval)[:count]
-            got = np.asarray(lat_d)[:count], np.asarray(tok_d)[:count].astype(np.int64), np.asarray(val_d)[:count]
-            return got, np.asarray(interval)[:count]
-        return resolve
+    def _tally_topk(self, batch: Batch, codes, stats: dict):
+        """Dispatch the counts by histogram column, interval and role of TopK codes [N, k] on the
+        device (features/tally.py); returns the slots' intervals [N, k] (a device array)."""
+        tallies = self._tallies_for(batch)
+        self._tallies, interval = tally.tally_topk(tallies, *codes, jnp.asarray(batch.role_cols), stats["max"],
+                                                   EDGES32, n_intervals=self.n_intervals)
+        return interval
+
+    def _tally_pairs(self, batch: Batch, flat, count: int, stats: dict):
+        """The same for the first `count` of the padded flat pairs (latent, token, value)."""
+        tallies = self._tallies_for(batch)
+        self._tallies, interval = tally.tally_pairs(tallies, *flat, count, jnp.asarray(batch.role_cols),
+                                                    stats["max"], EDGES32, n_intervals=self.n_intervals)
+        return interval
 
     def _move_tallies(self) -> None:
         """Add the device's counts into the host's int64 ones (on the device's interval grid)."""

@@ -116,3 +116,44 @@ def firing_pairs(z, size: int):
     fired = z > 0
     token, latent = jnp.nonzero(fired, size=size, fill_value=0)
     return latent.astype(jnp.int32), token.astype(jnp.int32), z[token, latent], jnp.sum(fired, dtype=jnp.int32)
+
+
+def _group(latent, token, value, interval, count, part_of, starts, n_parts: int):
+    # A counting sort: a pair's place is where its part starts plus how many of that part's pairs
+    # come before it (a running count over the one-hot of the parts, [P, n_parts + 1]). With a
+    # handful of keys that is a few passes over the pairs, where XLA's general sort (on the CPU
+    # backend ~15x slower) would compare them log P times.
+    firing = (value > 0) & (jnp.arange(value.shape[0]) < count)
+    part = jnp.where(firing, part_of[latent], n_parts)  # (n_parts: the slots that do not fire, last)
+    one_hot = (part[:, None] == jnp.arange(n_parts + 1)[None, :]).astype(jnp.int32)
+    counts = jnp.sum(one_hot, axis=0)
+    before = jnp.sum(jnp.cumsum(one_hot, axis=0) * one_hot, axis=1) - 1  # same-part pairs before this one
+    place = (jnp.cumsum(counts) - counts)[part] + before
+
+    def placed(a):
+        return jnp.zeros_like(a).at[place].set(a, unique_indices=True)
+
+    latent = latent - starts[jnp.minimum(part, n_parts - 1)]
+    grouped = tuple(placed(a) for a in (latent, token.astype(jnp.int32), value))
+    return (*grouped, None if interval is None else placed(interval.astype(jnp.int32))), counts
+
+
+@partial(jax.jit, static_argnames="n_parts")
+def group_pairs(latent, token, value, interval, count, part_of, starts, *, n_parts: int):
+    """The first ``count`` of the flat pairs ``latent, token, value [P]`` (and their intervals
+    ``[P]``, or None), those that fire, grouped by part (``part_of [F]``: latent -> part; its
+    range starts at ``starts [n_parts]``): the parts one after another, each in the pairs' order,
+    latents numbered from their range's start. Returns ((latent, token, value, interval) [P],
+    counts [n_parts + 1]); the last count is of the slots that do not fire, placed after the
+    parts (features/pairs.py `from_device` brings it to the host)."""
+    return _group(latent, token, value, interval, count, part_of, starts, n_parts)
+
+
+@partial(jax.jit, static_argnames="n_parts")
+def group_topk(latent, value, interval, part_of, starts, *, n_parts: int):
+    """`group_pairs` of TopK codes ``(latent, value) [N, k]`` (and intervals ``[N, k]`` or None),
+    whose slots in token order are the flat ``[N * k]``."""
+    n, k = value.shape
+    token = jnp.arange(n * k, dtype=jnp.int32) // k
+    flat = None if interval is None else interval.reshape(-1)
+    return _group(latent.reshape(-1), token, value.reshape(-1), flat, n * k, part_of, starts, n_parts)

@@ -22,7 +22,6 @@ read files, never unpickle anything).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import multiprocessing
 import os
 import pickle
@@ -38,6 +37,7 @@ import numpy as np
 
 from arclens.errors import RunFailed
 from arclens.features.fold import LatentFold
+from arclens.features.pairs import RangePairs, latent_ranges
 
 _FINISH = b""  # the message that ends a worker's pass
 _SUMS = ("n_fires", "mass", "max", "role_mass")  # the batch's per-latent sums a worker folds
@@ -49,12 +49,6 @@ class FoldWorkerError(RuntimeError):
 
 class FoldWorkerDied(RunFailed):
     """A worker was killed (out of memory, a signal): one line, exit status 1 at the command line."""
-
-
-def latent_ranges(d_sae: int, n_workers: int) -> list[tuple[int, int]]:
-    """`n_workers` consecutive ranges of latents, as equal as may be."""
-    cuts = np.linspace(0, d_sae, n_workers + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
 
 
 def _serve(conn: Connection) -> None:
@@ -92,8 +86,6 @@ class FoldWorkers:
     def __init__(self, d_sae: int, n_workers: int, fold_kwargs: dict):
         self.d_sae = d_sae
         self.ranges = latent_ranges(d_sae, n_workers)
-        self._part_of = np.repeat(np.arange(len(self.ranges), dtype=np.uint8 if n_workers <= 256 else np.uint16),
-                                  [hi - lo for lo, hi in self.ranges])  # latent -> its worker
         self._conns, self._procs = [], []
         # (the parent's import path, so that a worker finds arclens wherever the parent found it;
         # and JAX on the CPU only: a worker never computes with it, and must never open, or
@@ -110,23 +102,16 @@ class FoldWorkers:
             self._procs.append(proc)
             self._send(len(self._conns) - 1, pickle.dumps((lo, hi - lo, fold_kwargs)), None)
 
-    def fold(self, batch, stats: dict, pairs, interval) -> None:
-        """Send each worker the batch and its latents' sums and pairs (their latents from 0)."""
-        lat, tok, val = pairs
-        part = self._part_of[lat]
-        # (a stable sort of 8- or 16-bit keys is numpy's radix sort: each part keeps token order)
-        order = np.argsort(part, kind="stable")
-        cuts = np.r_[0, np.cumsum(np.bincount(part, minlength=len(self.ranges)))]
-        lat, val = lat[order], val[order]
-        tok = tok[order].astype(np.int32)  # (slots of a batch: half the bytes to send)
-        interval = None if interval is None else interval[order]
+    def fold(self, batch, stats: dict, pairs: RangePairs) -> None:
+        """Send each worker the batch and its latents' sums and pairs (grouped by these workers'
+        ranges: features/pairs.py)."""
         payload = pickle.dumps(dataclasses.replace(batch, x=None), protocol=pickle.HIGHEST_PROTOCOL)
         for i, (lo, hi) in enumerate(self.ranges):
-            a, b = cuts[i], cuts[i + 1]
+            (lat, tok, val), interval = pairs.part(i)
             arrays = {k: stats[k][lo:hi] for k in _SUMS}
-            arrays.update(latent=lat[a:b] - np.int32(lo), token=tok[a:b], value=val[a:b])
+            arrays.update(latent=lat, token=tok, value=val)
             if interval is not None:
-                arrays["interval"] = interval[a:b]
+                arrays["interval"] = interval
             self._send(i, payload, arrays)
 
     def _send(self, i: int, payload: bytes, arrays: dict | None) -> None:
