@@ -24,6 +24,8 @@ import tempfile
 import numpy as np
 
 ALIGN = 64  # (each array starts on a cache line)
+MIN_SLOT_BYTES = 1 << 20
+GROWTH = 1.25  # a slot's room over the largest batch so far (few batches need it to grow again)
 
 
 def shared_fd() -> int:
@@ -86,7 +88,7 @@ class Ring:
 
     def grow(self, needed: int) -> None:
         """Slots of at least `needed` bytes (call only when no worker reads any slot)."""
-        self.slot_bytes = _aligned(max(needed + needed // 4, 1 << 20))
+        self.slot_bytes = _aligned(max(int(needed * GROWTH), MIN_SLOT_BYTES))
         os.ftruncate(self.fd, self.size)
         self.mapping.ensure(self.size)
 
