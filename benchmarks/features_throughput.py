@@ -20,16 +20,18 @@ every token:
 - ``plain read + SAE codes``: the plain read plus the SAE's codes on the device (the TopK
   selection, or the dense encode), nothing brought back: the floor for any command that encodes
   every token on this device.
-- ``+ device step``: the features source plus the SAE encode and the per-latent reductions on
-  the device, and the firing pairs brought back to the host (features/device.py), with nothing
-  folded in.
-- ``host folding alone``: the host's part of the pass (the firing pairs cut into host arrays,
-  and `Accumulator.fold`) over device results made beforehand, and with ``--fold-workers N`` its workers' folds brought back at the end: with
-  ``--tallies device`` it is what bounds the pass where the device's own part is nearly free (an
-  accelerator).
+- ``+ device step``: the features source plus the device's whole part of each batch: the SAE
+  encode, the per-latent reductions, with ``--tallies device`` the per-pair counts and the pairs
+  grouped by the fold's latent ranges (features/device.py, features/pairs.py), and the firing
+  pairs brought back to the host, with nothing folded in.
+- ``host folding alone``: the host's part of the pass (the firing pairs brought into host arrays:
+  cut by numpy, or only sliced where the device grouped them; then `Accumulator.fold`) over
+  device results made beforehand, and with ``--fold-workers N`` its workers' folds brought back
+  at the end: with ``--tallies device`` it is what bounds the pass where the device's own part is
+  nearly free (an accelerator).
 - ``of which the parent's CPU`` (with fold workers): the CPU time the parent process spent in
-  those folds, cutting each batch's pairs by latent range and sending them; with enough cores
-  for the workers this is what bounds the host's share.
+  those folds, bringing each batch's pairs to the host and writing them into the workers' shared
+  memory; with enough cores for the workers this is what bounds the host's share.
 - ``features pass (no files)``: `features.run` up to the end of its streaming pass (checks, the
   source, the device step, the host accumulating); grows with the number of tokens.
 - ``arclens features``: the whole command as `features.run` runs it (the pass, then writing the

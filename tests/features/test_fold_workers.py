@@ -43,10 +43,11 @@ def test_latent_ranges_cover_every_latent_once():
             assert all(a < b for a, b in ranges) and all(r[1] == s[0] for r, s in itertools.pairwise(ranges))
 
 
-def _one_batch(d_sae: int, role_cols: int = N_ROLE_COLUMNS):
+def _one_batch(d_sae: int, mass_columns: int | None = None):
     batch = BatchBuilder(4).build(np.zeros((4, 2), np.float32))
-    stats = {"n_fires": np.zeros(d_sae, np.int64), "mass": np.zeros(d_sae), "max": np.zeros(d_sae, np.float32),
-             "role_mass": np.zeros((d_sae, role_cols)), "role_tokens": np.zeros(N_ROLE_COLUMNS)}
+    mass = np.zeros(d_sae if mass_columns is None else (d_sae, mass_columns))
+    stats = {"n_fires": np.zeros(d_sae, np.int64), "mass": mass, "max": np.zeros(d_sae, np.float32),
+             "role_tokens": np.zeros(N_ROLE_COLUMNS)}
     pairs = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32))
     return batch, stats, cut_on_host(pairs, None, latent_ranges(d_sae, 2))
 
@@ -75,7 +76,7 @@ def test_a_killed_worker_is_named_not_waited_for():
 def test_a_workers_error_comes_back_with_its_traceback():
     workers = _workers(8, 2)
     try:
-        workers.fold(*_one_batch(8, role_cols=3))  # role sums of the wrong width: each worker's += fails
+        workers.fold(*_one_batch(8, mass_columns=3))  # sums of the wrong shape: each worker's += fails
         with pytest.raises(FoldWorkerError, match=r"(?s)the fold of latents \[0, 4\) failed in its worker:.*"
                                                   r"fold\.py.*ValueError"):
             workers.collect()

@@ -99,3 +99,38 @@ def test_device_tallies_write_the_same_fdir(exact_run, exact_store, tmp_path, mo
     assert merges, "no latent's grid grew between two moves: the merge on the host went unchecked"
     assert max(windows) > 2 * SETTINGS["batch_tokens"], "no window of several batches: the device's merge went unchecked"
     assert_same_fdir(out, fdir, arch)
+
+
+def _carried(batches: np.ndarray) -> np.ndarray:
+    from arclens.features.device import add_compensated
+
+    carry = (jnp.zeros(batches.shape[1:], jnp.float32), jnp.zeros(batches.shape[1:], jnp.float32))
+    for b in batches:
+        carry = add_compensated(carry, jnp.asarray(b))
+    total, compensation = jax.device_get(carry)
+    return total.astype(np.float64) + compensation.astype(np.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 200))
+def test_role_masses_carried_on_the_device_stay_within_float32_roundings_of_the_exact_total(seed, n_batches):
+    """The pass's role masses (`Accumulator.role_mass`) are the device's compensated float32 sum of
+    each batch's float32 sums: within a few float32 roundings of the exact total of any batches
+    (values over 12 orders of magnitude, and zeros), however many there are."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    batches = (np.exp(rng.uniform(-14, 14, (n_batches, 4, 3))) * (rng.random((n_batches, 4, 3)) < 0.8)).astype(np.float32)
+    got = _carried(batches)
+    exact = np.array([[math.fsum(batches[:, i, j].astype(np.float64)) for j in range(3)] for i in range(4)])
+    np.testing.assert_allclose(got, exact, rtol=3 * 2.0**-24, atol=0)
+
+
+def test_a_plain_float32_carry_would_drift_where_the_compensated_one_does_not():
+    batches = np.full((20_000, 1, 1), np.float32(0.1), np.float32)
+    exact = 20_000 * np.float64(np.float32(0.1))
+    naive = np.float32(0)
+    for b in batches[:, 0, 0]:
+        naive = np.float32(naive + b)
+    assert abs(float(naive) - exact) / exact > 1e-5  # what carrying a plain float32 sum would give
+    assert abs(_carried(batches)[0, 0] - exact) / exact < 2.0**-24

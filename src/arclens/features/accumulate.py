@@ -18,7 +18,7 @@ import numpy as np
 
 from arclens.features import tally
 from arclens.features.batch import Batch
-from arclens.features.device import group_pairs, group_topk
+from arclens.features.device import add_compensated, group_pairs, group_topk
 from arclens.features.fold import (  # noqa: F401 (where tests and the writer find them)
     EDGES32,
     HIST_EDGES,
@@ -110,6 +110,7 @@ class Accumulator:
             self._interval_counts = np.zeros((d_sae, n_intervals), np.int64)
             self._role_bins = np.zeros((d_sae, n_intervals, N_ROLE_COLUMNS), np.int64 if wide else np.int32)
         self._tallies = None  # tally.Tallies on the device, when device_tallies
+        self._role_mass = None  # (sum, compensation) float32 [F, R] on the device: `add_compensated`
         self._tallied_exponent = np.full(d_sae, NO_EXPONENT, np.int64)  # the interval grid of the host's counts
         self._tallied_tokens = 0  # token slots in the device's counts since they were moved here
         self._pair_cap = 8
@@ -169,7 +170,15 @@ class Accumulator:
     n_fires = property(lambda self: self.latents.n_fires)
     mass = property(lambda self: self.latents.mass)
     max = property(lambda self: self.latents.max)
-    role_mass = property(lambda self: self.latents.role_mass)
+
+    @property
+    def role_mass(self) -> np.ndarray:
+        """float64 [F, R]: each latent's activation mass by role column, over the pass (carried on
+        the device, compensated, from each batch's float32 sums)."""
+        if self._role_mass is None:
+            return np.zeros((self.d_sae, N_ROLE_COLUMNS), np.float64)
+        total, compensation = jax.device_get(self._role_mass)
+        return total.astype(np.float64) + compensation.astype(np.float64)
     exponent = property(lambda self: self.latents.exponent)
     top = property(lambda self: self.latents.top)
     draws = property(lambda self: self.latents.draws)
@@ -205,6 +214,7 @@ class Accumulator:
         with the slots that do not fire) or dense codes ``[N, F]``. Returns what `complete`
         folds in: its last item waits for the batch's pairs (a `RangePairs`)."""
         on_device = self._cut_on_device(z)
+        stats = self._carry_role_mass(stats)
         if isinstance(z, tuple):
             interval = self._tally_topk(batch, z, stats) if self.device_tallies else None
             if on_device:
@@ -247,13 +257,21 @@ class Accumulator:
             raise RuntimeError("the features pass has ended: no batch can be folded in after `finish`")
         if pairs.ranges != self.ranges:
             raise ValueError(f"pairs grouped by {len(pairs.ranges)} latent ranges, the fold has {len(self.ranges)}")
-        stats = {k: np.asarray(v) for k, v in stats.items()}
+        stats = {k: np.asarray(v) for k, v in stats.items() if k != "role_mass"}  # (carried on the device)
         self.n_tokens += int(batch.valid.sum())
         self.role_tokens += np.rint(stats["role_tokens"]).astype(np.int64)
         if self._workers is not None:
             self._workers.fold(batch, stats, pairs)
         else:
             self._latents.fold(batch, stats, *pairs.part(0))
+
+    def _carry_role_mass(self, stats: dict) -> dict:
+        """Add the batch's role masses into the device's carry; the rest of `stats` for the fold."""
+        role_mass = stats["role_mass"]
+        if self._role_mass is None:
+            self._role_mass = (jnp.zeros_like(role_mass), jnp.zeros_like(role_mass))
+        self._role_mass = add_compensated(self._role_mass, role_mass)
+        return {k: v for k, v in stats.items() if k != "role_mass"}
 
     def _cut_on_device(self, z) -> bool:
         if self.pair_cut != "auto":

@@ -157,3 +157,17 @@ def group_topk(latent, value, interval, part_of, starts, *, n_parts: int):
     token = jnp.arange(n * k, dtype=jnp.int32) // k
     flat = None if interval is None else interval.reshape(-1)
     return _group(latent.reshape(-1), token, value.reshape(-1), flat, n * k, part_of, starts, n_parts)
+
+
+@partial(jax.jit, donate_argnums=0)
+def add_compensated(carry, x):
+    """``carry + x`` for float32 ``carry = (sum, compensation)``, Neumaier's compensated sum: the
+    rounding error of every addition is kept in the compensation, so ``sum + compensation``
+    (added in float64 on the host) is within a few float32 roundings of the exact total after any
+    number of batches, where a plain float32 sum would drift by one rounding a batch. The role
+    masses of the pass are carried so on the device: ``[F, R]`` a batch (8 MB at 16k latents) need
+    not come to the host, and XLA never reassociates float additions, so the compensation stays."""
+    total, compensation = carry
+    t = total + x
+    error = jnp.where(jnp.abs(total) >= jnp.abs(x), (total - t) + x, (x - t) + total)
+    return t, compensation + error

@@ -75,7 +75,6 @@ class LatentFold:
         self.n_fires = np.zeros(f, np.int64)
         self.mass = np.zeros(f, np.float64)
         self.max = np.zeros(f, np.float32)
-        self.role_mass = np.zeros((f, N_ROLE_COLUMNS), np.float64)
         self.host_tallies = host_tallies
         if host_tallies:
             # firing tokens by (latent, activation interval, role column): coverage at every threshold
@@ -93,13 +92,12 @@ class LatentFold:
         self._batches = 0
 
     def fold(self, batch: Batch, stats: dict, pairs, interval) -> None:
-        """One batch: its per-latent sums (`stats`: n_fires, mass, max, role_mass, for these
+        """One batch: its per-latent sums (`stats`: n_fires, mass, max, for these
         latents) and its firing pairs (latent, token, value; token order), with their intervals
         when the device tallied them (None: the counts are made here)."""
         self.n_fires += stats["n_fires"]
         self.mass += stats["mass"]
         np.maximum(self.max, stats["max"], out=self.max)
-        self.role_mass += stats["role_mass"]
         lat, tok, val = pairs
         if interval is None:
             flat = self.hist.reshape(-1)
@@ -173,7 +171,7 @@ class LatentFold:
         whole.d_sae, whole.first_latent = sum(p.d_sae for p in parts), first.first_latent
         whole.top_k, whole.n_intervals, whole.per_interval = first.top_k, first.n_intervals, first.per_interval
         whole.gc_every, whole.host_tallies, whole._batches = first.gc_every, first.host_tallies, first._batches
-        names = ["n_fires", "mass", "max", "role_mass", "exponent"]
+        names = ["n_fires", "mass", "max", "exponent"]
         names += ["hist", "interval_counts", "role_bins"] if first.host_tallies else []
         for name in names:
             setattr(whole, name, np.concatenate([getattr(p, name) for p in parts]))

@@ -41,7 +41,7 @@ from arclens.features.pairs import RangePairs, latent_ranges
 from arclens.features.ring import Mapping, Ring
 
 _ACK = b"\x01"  # a worker's "done reading my last batch" (any other message is pickled: never this byte)
-_SUMS = ("n_fires", "mass", "max", "role_mass")  # the batch's per-latent sums a worker folds
+_SUMS = ("n_fires", "mass", "max")  # the batch's per-latent sums a worker folds (the role masses stay on the device)
 
 
 class FoldWorkerError(RuntimeError):
