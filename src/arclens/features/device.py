@@ -12,8 +12,9 @@ matmul and the host's nonzero). Other architectures are dense by nature and go t
 The mass by role is one matmul: the activations ``z [N, F]`` against a one-hot matrix of the
 tokens' roles ``[N, R]`` (features/layout.py), so adding a role costs a column, not a pass. (The
 firing counts by role and activation interval, for coverage, come from the sparse pairs on the
-host: they are ``nnz x 8`` additions, against ``N x F x R x Q`` on the device.) Everything that leaves the device is ``[F]``,
-``[F, R]`` or the sparse pairs; ``z`` itself never does. Matmuls run at full float32 precision
+host: they are ``nnz x 8`` additions, against ``N x F x R x Q`` on the device.) What leaves the
+device each batch is ``[F]`` or the sparse pairs (the ``[F, R]`` role masses are carried here,
+`add_compensated`, and leave once); ``z`` itself never does. Matmuls run at full float32 precision
 (GPUs would otherwise use TF32 and move firing decisions near zero).
 """
 
