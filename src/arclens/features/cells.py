@@ -49,11 +49,27 @@ def original_number(number: int, aug: Augmentation) -> int:
 
 def shown_index_map(aug: Augmentation, shape: tuple[int, int]) -> np.ndarray:
     """[h', w'] array: the flat index, in the original grid of `shape`, of each shown cell."""
-    h, w = shape
+    return _shown_layout(bool(aug.hflip), int(aug.rot90), int(shape[0]), int(shape[1]))[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_layout(hflip: bool, rot90: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a grid of shape (h, w) shown under a flip and a rotation looks like, whatever its
+    colours (a store has a few hundred such layouts, and thousands of samples): the shown cells'
+    flat index in the original (`shown_index_map`), their original ``row * MAX_SIDE + col``, and
+    whether each shown cell is on the border. Read-only: shared by every sample."""
     a = np.arange(h * w).reshape(h, w)
-    if aug.hflip:
+    if hflip:
         a = np.flip(a, axis=1)
-    return np.rot90(a, k=aug.rot90)
+    index = np.ascontiguousarray(np.rot90(a, k=rot90))
+    r0, c0 = np.divmod(index.ravel(), w)
+    sh, sw = index.shape
+    rows, cols = np.divmod(np.arange(sh * sw), sw)
+    border = (rows == 0) | (rows == sh - 1) | (cols == 0) | (cols == sw - 1)
+    out = (index, r0 * MAX_SIDE + c0, border)
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def shown_to_original(aug: Augmentation, shape: tuple[int, int], rows, cols) -> tuple[np.ndarray, np.ndarray]:
@@ -113,18 +129,17 @@ class SampleCells:
         self.width = np.zeros(n_numbers, np.int64)
         self.height = np.zeros(n_numbers, np.int64)
         start = 0
+        colour_map = np.asarray(aug.color_map, np.int64)
         for number in range(n_numbers):
             g0 = original_number(number, aug)
             original = grids[g0]
             if original is None:
                 continue
-            shown = aug.apply_array(original)
-            index = shown_index_map(aug, original.shape).ravel()
-            r0, c0 = np.divmod(index, original.shape[1])
+            index, original_rc, border = _shown_layout(bool(aug.hflip), int(aug.rot90), *original.shape)
+            colours = original.ravel()[index.ravel()]
+            shown = colour_map[colours].reshape(index.shape)  # (= aug.apply_array(original))
             h, w = shown.shape
-            rows, cols = np.divmod(np.arange(h * w), w)
-            border = (rows == 0) | (rows == h - 1) | (cols == 0) | (cols == w - 1)
-            parts.append((shown.ravel(), original.ravel()[index], g0 * CELL_CODE_GRID + r0 * MAX_SIDE + c0, border))
+            parts.append((shown.ravel(), colours, g0 * CELL_CODE_GRID + original_rc, border))
             self.shown[number] = shown
             self.offset[number], self.height[number], self.width[number] = start, h, w
             start += h * w
