@@ -47,7 +47,7 @@ MOVE_TALLIES_EVERY = 2**31  # token slots the device's int32 counts may take bef
 
 
 TALLIES = ("auto", "device", "host")
-PAIR_CUTS = TALLIES
+PAIR_CUTS = ("auto", "device", "host")  # where the firing pairs are grouped by latent range
 
 
 def _use_device_tallies(tallies: str, d_sae: int, n_intervals: int) -> bool:
