@@ -3,7 +3,7 @@ is written once, and every worker reads its part in place of a copy through a pi
 
 Through a socket pair every byte is copied by the kernel twice, and the batch's per-token columns
 went to every worker: the parent's cost grew with the number of workers (18 ns a firing pair with
-2 workers, 35 with 8; docs/BENCHMARKS.md). Here the parent makes one copy of each array into a
+2 workers, 35 with 8, under a profiler; docs/BENCHMARKS.md). Here the parent makes one copy of each array into a
 slot and sends each worker a few hundred bytes saying where its arrays are.
 
 The memory is an anonymous file (``memfd_create`` on Linux; an unlinked temporary file elsewhere)
