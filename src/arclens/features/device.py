@@ -146,7 +146,7 @@ def group_pairs(latent, token, value, interval, count, part_of, starts, *, n_par
     range starts at ``starts [n_parts]``): the parts one after another, each in the pairs' order,
     latents numbered from their range's start. Returns ((latent, token, value, interval) [P],
     counts [n_parts + 1]); the last count is of the slots that do not fire, placed after the
-    parts (features/pairs.py `from_device` brings it to the host)."""
+    parts (features/pairs.py `OnDevice` brings it to the host)."""
     return _group(latent, token, value, interval, count, part_of, starts, n_parts)
 
 
