@@ -38,9 +38,13 @@ demo: install
 	$(VENV)/bin/arclens dashboard $(DEMO)/features --out $(DEMO)/dashboard
 	@echo "open $(CURDIR)/$(DEMO)/dashboard/index.html"
 
+# Two pytest processes (pytest-xdist), each test file whole in one of them: a file's module
+# fixtures (trained SAEs, models) are built once, and the two cores here run two files at a time.
+# `make test TEST_WORKERS=N` on a larger machine (each process takes up to ~2.5 GB).
+TEST_WORKERS ?= 2
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks deploy
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
