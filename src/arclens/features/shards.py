@@ -3,9 +3,9 @@
 Every statistic of a latent comes from its own firing pairs (features/fold.py), so the pairs of a
 batch are grouped by latent range (features/pairs.py: on the device, where it tallies or holds the
 codes), and each range is folded by a `LatentFold` in its own process, in parallel and free of the
-interpreter lock. Each batch (its per-token columns and samples, pickled once, and every worker's
-sums and pairs) is written once into shared memory (features/ring.py), and each worker is told
-where its part is; it copies that out and says so. At the end the workers' folds come back and are
+interpreter lock. Each batch (its per-token columns and samples, pickled once with the arrays out
+of band, and every worker's sums and pairs) is written once into shared memory (features/ring.py),
+and each worker is told where its part is; it copies that out and says so. At the end the workers' folds come back and are
 put together end to end (`LatentFold.concat`), which gives what one fold of every latent gives
 (tests/features/test_fold_workers.py).
 
@@ -35,6 +35,8 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
+
 from arclens.errors import RunFailed
 from arclens.features.fold import LatentFold
 from arclens.features.pairs import RangePairs, latent_ranges
@@ -57,10 +59,11 @@ def _serve(conn: Connection, ring_fd: int) -> None:
     try:
         first_latent, d_sae, fold_kwargs = conn.recv()
         fold = LatentFold(d_sae, first_latent=first_latent, **fold_kwargs)
-        while (message := conn.recv())[0] == "batch":  # ("batch", ring size, batch at, its length, arrays)
-            _, size, batch_at, batch_len, layout = message
+        while (message := conn.recv())[0] == "batch":  # ("batch", ring size, the pickled batch, arrays)
+            _, size, (batch_at, batch_len, buffers_at), layout = message
             mapping.ensure(size)
-            batch = pickle.loads(mapping.read_bytes(batch_at, batch_len))
+            buffers = [mapping.read(at, "|u1", (n,)) for at, n in buffers_at]  # (the batch's arrays: copies)
+            batch = pickle.loads(mapping.read_bytes(batch_at, batch_len), buffers=buffers)
             arrays = {name: mapping.read(at, dtype, shape) for name, dtype, shape, at in layout}
             conn.send_bytes(_ACK)  # (copied out: the parent may write over the slot)
             stats = {name: arrays[name] for name in _SUMS}
@@ -116,7 +119,11 @@ class FoldWorkers:
         """Write the batch and each worker's latents' sums and pairs (grouped by these workers'
         ranges: features/pairs.py) into the next slot of the ring, and tell each worker where
         its part is."""
-        blob = pickle.dumps(dataclasses.replace(batch, x=None), protocol=pickle.HIGHEST_PROTOCOL)
+        # (protocol 5, its arrays out of band: they are copied once, into the slot, not into the
+        # pickle and then the slot; the pickle itself is the batch's few small objects)
+        buffers: list[pickle.PickleBuffer] = []
+        blob = pickle.dumps(dataclasses.replace(batch, x=None), protocol=5, buffer_callback=buffers.append)
+        raw = [np.frombuffer(b.raw(), np.uint8) for b in buffers]
         parts = []
         for i, (lo, hi) in enumerate(self.ranges):
             (lat, tok, val), interval = pairs.part(i)
@@ -125,7 +132,7 @@ class FoldWorkers:
             if interval is not None:
                 arrays["interval"] = interval
             parts.append(arrays)
-        flat = [a for arrays in parts for a in arrays.values()]
+        flat = raw + [a for arrays in parts for a in arrays.values()]
         needed, ring = Ring.bytes_needed([blob], flat), self._ring
         if needed > ring.slot_bytes:  # (the first batch, or a larger one: every slot must be free)
             self._wait_for_acks(self._sent)
@@ -134,9 +141,10 @@ class FoldWorkers:
             self._wait_for_acks(self._sent - ring.n_slots + 1)
         (blob_at,), array_at = ring.write(self._sent % ring.n_slots, [blob], flat)
         at = iter(array_at)
+        pickled = (blob_at, len(blob), [(next(at), a.nbytes) for a in raw])
         for i, arrays in enumerate(parts):
             layout = [(k, v.dtype.str, v.shape, next(at)) for k, v in arrays.items()]
-            self._send(i, ("batch", ring.size, blob_at, len(blob), layout))
+            self._send(i, ("batch", ring.size, pickled, layout))
         self._sent += 1
 
     def _wait_for_acks(self, n: int) -> None:
