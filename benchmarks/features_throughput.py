@@ -143,7 +143,11 @@ def codes_pass(store, sae, batch_tokens: int) -> int:
 
 
 def source_pass(source, batch_tokens: int) -> int:
-    return sum(int(b.valid.sum()) for b in source.batches(batch_tokens))
+    n = 0
+    for b in source.batches(batch_tokens):
+        n += int(b.valid.sum())
+        source.release(b)  # (as the command does once a batch is folded in: its buffer is reused)
+    return n
 
 
 def device_pass(source, sae, settings, batch_tokens: int) -> int:
@@ -157,6 +161,7 @@ def device_pass(source, sae, settings, batch_tokens: int) -> int:
         _, _, resolve = acc.dispatch(b, *encode_batch(sae, b))
         resolve()  # (the pairs, and their intervals with device tallies, brought to the host)
         n += int(b.valid.sum())
+        source.release(b)
     return n
 
 

@@ -56,6 +56,9 @@ class ModelSource:
         if self.seen != self.n_samples:
             raise RuntimeError(f"the extract job gave {self.seen} samples of the {self.n_samples} planned")
 
+    def release(self, batch: Batch) -> None:
+        """(Nothing to reuse: a batch's activations are the device's, freed with it.)"""
+
     def _batch(self, b) -> Batch:
         captures = b.captures[self.hook]
         rows, width, d = captures.shape

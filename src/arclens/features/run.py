@@ -255,6 +255,15 @@ def _settings_json(s: FeaturesSettings, batch_tokens: int) -> dict:
     return {**{k: v for k, v in asdict(s).items() if k in keep}, "batch_tokens": batch_tokens}
 
 
+def _complete(acc, source, pending, progress) -> None:
+    """Fold in a dispatched batch (which waits for its device results), then hand its
+    activations' buffer back to the source for a later batch."""
+    acc.complete(pending)
+    batch = pending[0]
+    source.release(batch)
+    progress.advance(len(batch.samples), int(batch.valid.sum()))
+
+
 def run(s: FeaturesSettings) -> dict:
     """The whole command: checks, one pass, the files. Returns a small summary."""
     t0 = time.perf_counter()
@@ -286,12 +295,10 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
         for batch in source.batches(p.batch_tokens):
             dispatched = acc.dispatch(batch, *encode_batch(sae, batch))
             if pending is not None:  # the host folds in the previous batch while the device runs this one
-                acc.complete(pending)
-                progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
+                _complete(acc, source, pending, progress)
             pending = dispatched
         if pending is not None:
-            acc.complete(pending)
-            progress.advance(len(pending[0].samples), int(pending[0].valid.sum()))
+            _complete(acc, source, pending, progress)
         acc.finish()
         progress.close()
         t_pass = time.perf_counter()

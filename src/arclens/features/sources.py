@@ -21,6 +21,7 @@ from arclens.store.metadata import tasks_fingerprint
 __all__ = ["Plan", "StoreSource", "TaskGrids", "group_of_key", "tasks_fingerprint"]
 
 PAD_TO = 1024  # batches longer than --batch-tokens (one long sample) are padded to a multiple of this
+_KEEP_FREE = 4  # released activation buffers kept for reuse (the pass holds 2 batches at a time)
 
 
 def group_of_key(key: str) -> str:
@@ -72,11 +73,17 @@ class TaskGrids:
 
 
 class StoreSource:
-    """Whole samples of one hook of a store, in stored order, packed into batches of ~N tokens."""
+    """Whole samples of one hook of a store, in stored order, packed into batches of ~N tokens.
+
+    A batch's activations are copied into a host buffer, and `release` gives that buffer back for
+    a later batch: a fresh ``[N, d]`` array costs its page faults on top of the copy, about as much
+    again (at d_model 896: ~410 ns a token fresh, ~205 reused; docs/BENCHMARKS.md). A caller that
+    never releases gets fresh buffers."""
 
     def __init__(self, store, hook: str, grids: TaskGrids):
         self.store, self.hook, self.grids = store, hook, grids
         self.plan = Plan.from_keys(store.committed.owner)
+        self._free: list[np.ndarray] = []  # released activation buffers
 
     @property
     def n_samples(self) -> int:
@@ -99,10 +106,25 @@ class StoreSource:
         if pending:
             yield self._batch(pending, filled, batch_tokens)
 
+    def release(self, batch: Batch) -> None:
+        """`batch` is done with: its activations' buffer may be written over by a later batch.
+        Call it only once the device has finished with them too (on the CPU backend they may be
+        aliased; an accelerator may still be copying them), i.e. once the batch's results are in."""
+        if isinstance(batch.x, np.ndarray) and len(self._free) < _KEEP_FREE:
+            self._free.append(batch.x)
+        batch.x = None
+
+    def _buffer(self, size: int, dtype) -> np.ndarray:
+        for i, x in enumerate(self._free):
+            if x.shape == (size, self.store.d_model) and x.dtype == dtype:
+                return self._free.pop(i)
+        return np.empty((size, self.store.d_model), dtype=dtype)
+
     def _batch(self, pending, filled: int, batch_tokens: int) -> Batch:
         size = max(batch_tokens, -(-filled // PAD_TO) * PAD_TO)
         builder = BatchBuilder(size)
-        x = np.zeros((size, self.store.d_model), dtype=pending[0][1][self.hook].dtype)
+        x = self._buffer(size, pending[0][1][self.hook].dtype)
+        x[filled:] = 0  # (padding slots: valid = 0, but encoded all the same)
         start = 0
         for info, arrays in pending:
             key = info["key"]

@@ -1,0 +1,29 @@
+"""The store source's batches: a released activation buffer is reused, and a batch built in a
+reused buffer equals one built in a fresh one, padding slots zero."""
+
+from __future__ import annotations
+
+import numpy as np
+from tests.support import planted_roles as pr
+
+from arclens.features.sources import StoreSource, TaskGrids
+from arclens.store.reader import open_store
+
+
+def _source(exact_store) -> StoreSource:
+    return StoreSource(open_store(str(exact_store.dest)), pr.HOOK, TaskGrids(exact_store.tasks, "the test's tasks"))
+
+
+def test_a_reused_buffer_gives_the_batch_a_fresh_one_gives(exact_store):
+    fresh = [b.x.copy() for b in _source(exact_store).batches(1024)]  # (never released: every buffer new)
+    source, reused, buffers = _source(exact_store), [], set()
+    for b in source.batches(1024):
+        buffers.add(id(b.x))
+        reused.append(b.x.copy())
+        b.x[:] = np.nan  # (what a later batch finds in the buffer: none of it may show through)
+        source.release(b)
+        assert b.x is None
+    assert len(fresh) == len(reused) > len(buffers)  # (batches of one shape took a released buffer)
+    for a, b in zip(fresh, reused, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any((a == 0).all(axis=1).any() for a in fresh)  # (some padding slots, all zero)
