@@ -27,3 +27,17 @@ def test_a_reused_buffer_gives_the_batch_a_fresh_one_gives(exact_store):
     for a, b in zip(fresh, reused, strict=True):
         np.testing.assert_array_equal(a, b)
     assert any((a == 0).all(axis=1).any() for a in fresh)  # (some padding slots, all zero)
+
+
+def test_odd_sized_buffers_age_out_of_the_free_list(exact_store):
+    """A sample longer than --batch-tokens makes a larger batch; its buffers must not crowd out
+    the usual size's for the rest of the pass."""
+    from types import SimpleNamespace
+
+    source = _source(exact_store)
+    d = source.store.d_model
+    for _ in range(6):
+        source.release(SimpleNamespace(x=np.empty((2048, d), np.float32)))
+    usual = np.empty((1024, d), np.float32)
+    source.release(SimpleNamespace(x=usual))
+    assert source._buffer(1024, np.dtype(np.float32)) is usual

@@ -110,8 +110,9 @@ class StoreSource:
         """`batch` is done with: its activations' buffer may be written over by a later batch.
         Call it only once the device has finished with them too (on the CPU backend they may be
         aliased; an accelerator may still be copying them), i.e. once the batch's results are in."""
-        if isinstance(batch.x, np.ndarray) and len(self._free) < _KEEP_FREE:
+        if isinstance(batch.x, np.ndarray):
             self._free.append(batch.x)
+            del self._free[:-_KEEP_FREE]  # (the newest: a long sample's odd-sized buffer ages out)
         batch.x = None
 
     def _buffer(self, size: int, dtype) -> np.ndarray:
