@@ -41,3 +41,17 @@ def test_odd_sized_buffers_age_out_of_the_free_list(exact_store):
     usual = np.empty((1024, d), np.float32)
     source.release(SimpleNamespace(x=usual))
     assert source._buffer(1024, np.dtype(np.float32)) is usual
+
+
+def test_batches_built_ahead_in_a_thread_are_the_same_batches(exact_store):
+    plain = [(b.x.copy(), b.order.copy(), [s.info["key"] for s in b.samples])
+             for b in _source(exact_store).batches(1024)]
+    source, ahead = _source(exact_store), []
+    for b in source.batches(1024, ahead=2):
+        ahead.append((b.x.copy(), b.order.copy(), [s.info["key"] for s in b.samples]))
+        source.release(b)
+    assert len(plain) == len(ahead)
+    for (x0, o0, k0), (x1, o1, k1) in zip(plain, ahead, strict=True):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(o0, o1)
+        assert k0 == k1

@@ -43,9 +43,11 @@ class ModelSource:
     def n_tokens(self) -> int | None:
         return None  # known once every prompt is rendered; the accumulator then counts in int64
 
-    def batches(self, batch_tokens: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_tokens: int | None = None, ahead: int = 0) -> Iterator[Batch]:
         """The job's own batches: its schedule sets their shapes (``--batch-tokens`` went into
-        the job's ``tokens_per_batch``, so ``batch_tokens`` is not used here). A stop request
+        the job's ``tokens_per_batch``, so ``batch_tokens`` is not used here). ``ahead`` is not
+        used either: the job runs in the caller's thread, since it installs signal handlers,
+        which only the main thread may do, and its own stages already run ahead of the device. A stop request
         (SIGTERM, Ctrl-C) ends the job between batches; that is an interrupted run, never a
         complete one, so nothing may be written from it."""
         self.seen = 0

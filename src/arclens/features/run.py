@@ -71,6 +71,7 @@ class Prepared:
 
 
 STORE_BATCH_TOKENS = 4096  # tokens a store source packs into one batch by default
+SOURCE_AHEAD = 2  # batches a store source builds ahead in its own thread (features/sources.py)
 
 
 def _warn(msg: str) -> None:
@@ -292,7 +293,7 @@ def _run(s: FeaturesSettings, p: Prepared, t0: float) -> dict:
         acc = Accumulator(sae.cfg.d_sae, source.plan.group_sizes, top_k=s.top_k, n_intervals=s.quantiles,
                           per_interval=s.quantile_examples, max_tokens=source.n_tokens, tallies=s.tallies,
                           fold_workers=s.fold_workers)  # (its workers, if any, start here: closed below)
-        for batch in source.batches(p.batch_tokens):
+        for batch in source.batches(p.batch_tokens, ahead=SOURCE_AHEAD):
             dispatched = acc.dispatch(batch, *encode_batch(sae, batch))
             if pending is not None:  # the host folds in the previous batch while the device runs this one
                 _complete(acc, source, pending, progress)
