@@ -150,3 +150,22 @@ def test_role_columns_are_the_role_matrix_rows(seed):
         one_hot[i, row[row >= 0]] = 1
     dense = np.asarray(role_matrix(*(jnp.asarray(f.astype(np.int8)) for f in fields)))
     np.testing.assert_array_equal(dense, one_hot)
+
+
+def test_a_cell_outside_its_grid_names_the_sample_the_token_and_the_shape():
+    """A store made from other tasks: its cell tokens do not fit the given task's grids. The user
+    gets one line naming the sample, the token and the grid's shape (or that it is absent)."""
+    import pytest
+
+    from arclens.errors import UserError
+
+    g = [((1, 2, 3), (4, 5, 6)) for _ in range(4)]  # 2 x 3 grids
+    task = Task("t", (Example(g[0], g[1]),), (Example(g[2], g[3]),))
+    cells = SampleCells("t/0/0", task_grids(task)[0], Augmentation(False, 0, tuple(range(10)), (0,)))
+    grid, row, col = np.array([-1, 0, 0, 1]), np.array([-1, 0, 1, 2]), np.array([-1, 2, 0, 0])
+    assert cells.roles(grid[:3], row[:3], col[:3]).kind.tolist() == [-1, 0, 0]  # (the first three fit)
+    with pytest.raises(UserError, match=r"sample t/0/0: token 3 is cell \(grid 1, row 2, col 0\) but that grid "
+                                        r"of the task is 2x3"):
+        cells.roles(grid, row, col)
+    with pytest.raises(UserError, match=r"token 1 is cell \(grid 9, row 0, col 0\) but that grid of the task is absent"):
+        cells.roles(np.array([-1, 9]), np.array([-1, 0]), np.array([-1, 0]))

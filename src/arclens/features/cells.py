@@ -149,36 +149,37 @@ class SampleCells:
         self._border = np.concatenate([p[3] for p in parts]).astype(np.int8)
 
     def roles(self, grid: np.ndarray, row: np.ndarray, col: np.ndarray) -> TokenRoles:
-        grid = np.asarray(grid, np.int64)
-        row = np.asarray(row, np.int64)
-        col = np.asarray(col, np.int64)
+        # (Only the cell tokens are looked up, gathered once: every array starts at -1 and gets
+        # the cells' values put in. It runs on every token of the pass, in the source's thread.)
+        grid = np.asarray(grid)
         n = len(grid)
-        is_cell = grid >= 0
-        g = np.where(is_cell, grid, 0)
-        known = is_cell & (g < len(self.width))
-        g = np.where(known, g, 0)
-        ok = known & (self.offset[g] >= 0) & (row >= 0) & (row < self.height[g]) & (col >= 0) & (col < self.width[g])
-        if not np.array_equal(ok, is_cell):
-            i = int(np.flatnonzero(ok != is_cell)[0])
-            shape = f"{self.height[g[i]]}x{self.width[g[i]]}" if known[i] and self.offset[g[i]] >= 0 else "absent"
-            raise UserError(f"sample {self.key}: token {i} is cell (grid {grid[i]}, row {row[i]}, col {col[i]}) "
+        at = np.flatnonzero(grid >= 0)
+        g, r, c = (np.asarray(a)[at].astype(np.int64) for a in (grid, row, col))
+        known = g < len(self.width)
+        gk = np.where(known, g, 0)
+        ok = known & (self.offset[gk] >= 0) & (r >= 0) & (r < self.height[gk]) & (c >= 0) & (c < self.width[gk])
+        if not ok.all():
+            j = int(np.flatnonzero(~ok)[0])
+            shape = f"{self.height[g[j]]}x{self.width[g[j]]}" if known[j] and self.offset[g[j]] >= 0 else "absent"
+            raise UserError(f"sample {self.key}: token {at[j]} is cell (grid {g[j]}, row {r[j]}, col {c[j]}) "
                             f"but that grid of the task is {shape}; the tasks are not the ones this store was "
                             "made from (pass the right --tasks, and --solutions for answers)")
-        flat = np.where(is_cell, self.offset[g] + row * self.width[g] + col, 0)
+        flat = self.offset[g] + r * self.width[g] + c
+
+        def put(values: np.ndarray, dtype) -> np.ndarray:
+            out = np.full(n, -1, dtype)
+            out[at] = values
+            return out
+
         kinds = np.asarray([grid_kind(x, self.n_train) for x in range(len(self.width))], np.int8)
-
-        def pick(table: np.ndarray, fill=-1) -> np.ndarray:
-            return np.where(is_cell, table[flat], fill).astype(table.dtype)
-
-        minus = np.full(n, -1, np.int8)
         return TokenRoles(
-            kind=np.where(is_cell, kinds[g], -1).astype(np.int8),
-            colour=pick(self._colour),
-            shown=pick(self._shown),
-            row=np.where(is_cell, row, minus).astype(np.int8),
-            col=np.where(is_cell, col, minus).astype(np.int8),
-            border=pick(self._border),
-            cell=pick(self._cell),
+            kind=put(kinds[g], np.int8),
+            colour=put(self._colour[flat], np.int8),
+            shown=put(self._shown[flat], np.int8),
+            row=put(r, np.int8),
+            col=put(c, np.int8),
+            border=put(self._border[flat], np.int8),
+            cell=put(self._cell[flat], np.int64),
         )
 
     def grids_json(self, slots: tuple[int, ...]) -> list[dict]:

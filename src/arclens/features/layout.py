@@ -75,15 +75,19 @@ def role_columns(kind, colour, shown, row, col, border):
     is not a cell has none). The same columns as device.role_matrix's one-hot rows."""
     import numpy as np
 
-    kind = np.asarray(kind, np.int64)
-    cell = kind >= 0
+    kind = np.asarray(kind)
+    out = np.full((len(kind), ROLES_PER_CELL), -1, np.int16)
+    at = np.flatnonzero(kind >= 0)  # (the cells' rows are made alone, in int16: every column fits)
+    k, colour = kind[at].astype(np.int16), np.asarray(colour)[at].astype(np.int16)
     b = BLOCKS
-    parts = [np.where(cell, b["cell"].start, -1),
-             np.where(cell, b["grid_kind"].start + kind, -1),
-             np.where(cell, b["colour"].start + np.asarray(colour, np.int64), -1),
-             np.where(cell, b["shown_colour"].start + np.asarray(shown, np.int64), -1),
-             np.where(cell, b["row"].start + np.asarray(row, np.int64), -1),
-             np.where(cell, b["col"].start + np.asarray(col, np.int64), -1),
-             np.where(cell & (np.asarray(border) == 1), b["border"].start, -1),
-             np.where(cell, b["colour_grid"].start + kind * N_COLOURS + np.asarray(colour, np.int64), -1)]
-    return np.stack(parts, axis=1).astype(np.int16)
+    cols = np.empty((len(at), ROLES_PER_CELL), np.int16)
+    cols[:, 0] = b["cell"].start
+    cols[:, 1] = b["grid_kind"].start + k
+    cols[:, 2] = b["colour"].start + colour
+    cols[:, 3] = b["shown_colour"].start + np.asarray(shown)[at].astype(np.int16)
+    cols[:, 4] = b["row"].start + np.asarray(row)[at].astype(np.int16)
+    cols[:, 5] = b["col"].start + np.asarray(col)[at].astype(np.int16)
+    cols[:, 6] = np.where(np.asarray(border)[at] == 1, b["border"].start, -1)
+    cols[:, 7] = b["colour_grid"].start + k * N_COLOURS + colour
+    out[at] = cols
+    return out
