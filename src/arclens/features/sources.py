@@ -7,6 +7,7 @@ of each (task, test index), so that consistency can reduce a group as soon as it
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,14 +142,27 @@ class StoreSource:
         builder = BatchBuilder(size)
         x = self._buffer(size, pending[0][1][self.hook].dtype)
         x[filled:] = 0  # (padding slots: valid = 0, but encoded all the same)
+        # The activations are copied by a thread of their own while this one looks up the roles
+        # (numpy lets go of the interpreter lock in a large copy).
+        copied = _COPIER.submit(_copy_samples, x, [arrays[self.hook] for _, arrays in pending])
         start = 0
         for info, arrays in pending:
             key = info["key"]
             cells = self.grids.sample_cells(info)
             roles = cells.roles(arrays["grid"], arrays["row"], arrays["col"])
             n = len(arrays["position"])
-            x[start:start + n] = arrays[self.hook]
             builder.add(start, self.plan.rank[key], self.plan.group[key], info,
                         {c: arrays[c] for c in COLUMNS}, cells, roles)
             start += n
+        copied.result()
         return builder.build(x)
+
+
+def _copy_samples(x: np.ndarray, parts: list[np.ndarray]) -> None:
+    start = 0
+    for a in parts:
+        x[start:start + len(a)] = a
+        start += len(a)
+
+
+_COPIER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="arclens-features-copy")
