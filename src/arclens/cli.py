@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=8, help="tokens each side of an example")
     p.add_argument("--logits", type=int, default=10, help="tokens promoted and suppressed per latent (0: none)")
     p.add_argument("--batch-tokens", type=int, default=None,
-                   help="tokens per device batch (default: 4096 from a store; the extract job's default per device "
-                        "from a model)")
+                   help="tokens per device batch (default from a store: 4096 on the CPU, up to 32768 on an "
+                        "accelerator as d_sae allows; from a model: the extract job's default per device)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="the model source's compute dtype (as extract --dtype)")
     p.add_argument("--allow-other-model", action="store_true",

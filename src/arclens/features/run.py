@@ -27,7 +27,7 @@ class FeaturesSettings:
     quantile_examples: int = 5
     context: int = 8
     logits: int = 10
-    batch_tokens: int | None = None  # None: STORE_BATCH_TOKENS from a store, the extract job's default from a model
+    batch_tokens: int | None = None  # None: default_store_batch_tokens from a store, the extract job's default from a model
     progress: bool = True
     # where the per-pair counts are made (--tallies; features/accumulate.py): every choice writes
     # the same files (tests/features/test_tallies.py)
@@ -70,8 +70,23 @@ class Prepared:
             close()
 
 
-STORE_BATCH_TOKENS = 4096  # tokens a store source packs into one batch by default
+STORE_BATCH_TOKENS = 4096  # tokens a store source packs into one batch by default on the CPU
+ACCELERATOR_BATCH_TOKENS = 32768  # ... and at most on an accelerator
+PRE_ACTIVATION_BYTES = 2 << 30  # a default batch's float32 pre-activations [N, d_sae] stay within this
 SOURCE_AHEAD = 2  # batches a store source builds ahead in its own thread (features/sources.py)
+
+
+def default_store_batch_tokens(d_sae: int, backend: str) -> int:
+    """`--batch-tokens` from a store when it is not given: 4096 on the CPU backend; on an
+    accelerator the largest power of two up to 32768 (and at least 4096) whose float32
+    pre-activations ``[N, d_sae]`` fit in 2 GiB. There the host bounds the pass, and its cost a
+    firing pair falls from ~19 ns at 4k-token batches to ~11 at 32k (docs/BENCHMARKS.md)."""
+    if backend == "cpu":
+        return STORE_BATCH_TOKENS
+    n = ACCELERATOR_BATCH_TOKENS
+    while n > STORE_BATCH_TOKENS and n * d_sae * 4 > PRE_ACTIVATION_BYTES:
+        n //= 2
+    return n
 
 
 def _warn(msg: str) -> None:
@@ -152,7 +167,9 @@ def prepare_store(s: FeaturesSettings) -> Prepared:
     tokenizer = _model_checks(model_path, store.d_model)
     check_out(s.out)
     source = StoreSource(store, hook, TaskGrids(tasks, f"--tasks {source_name}"))
-    batch_tokens = s.batch_tokens or STORE_BATCH_TOKENS
+    import jax
+
+    batch_tokens = s.batch_tokens or default_store_batch_tokens(sae.cfg.d_sae, jax.default_backend())
     header = {"sae": str(Path(s.sae).resolve()) if "://" not in s.sae else s.sae,
               "sae_config": _sae_config(sae),
               "source": {"kind": "store", "store": s.store, "hook": hook, "positions": meta.get("positions"),
