@@ -5,9 +5,9 @@ batch are grouped by latent range (features/pairs.py: on the device, where it ta
 codes), and each range is folded by a `LatentFold` in its own process, in parallel and free of the
 interpreter lock. Each batch (its per-token columns and samples, pickled once with the arrays out
 of band, and every worker's sums and pairs) is written once into shared memory (features/ring.py),
-and each worker is told where its part is; it copies that out and says so. At the end the workers' folds come back and are
-put together end to end (`LatentFold.concat`), which gives what one fold of every latent gives
-(tests/features/test_fold_workers.py).
+and each worker is told where its part is; it copies that out and says so. At the end the
+workers' folds come back and are put together end to end (`LatentFold.concat`), which gives what
+one fold of every latent gives (tests/features/test_fold_workers.py).
 
 Workers are new interpreters (``python -m arclens.features.shards``), neither forked (the parent
 runs JAX, whose threads a fork would copy mid-flight) nor multiprocessing's spawn, which imports
