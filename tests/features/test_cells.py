@@ -169,3 +169,61 @@ def test_a_cell_outside_its_grid_names_the_sample_the_token_and_the_shape():
         cells.roles(grid, row, col)
     with pytest.raises(UserError, match=r"token 1 is cell \(grid 9, row 0, col 0\) but that grid of the task is absent"):
         cells.roles(np.array([-1, 9]), np.array([-1, 0]), np.array([-1, 0]))
+
+
+@st.composite
+def samples_end_to_end(draw):
+    """1-4 samples of different tasks and augmentations, and per sample a few tokens: cells of
+    its shown grids and tokens that are no cell, in any order."""
+    samples, grid, row, col, lengths = [], [], [], [], []
+    for i in range(draw(st.integers(1, 4))):
+        task, aug = draw(tasks_and_augs())
+        cells = SampleCells(f"t{i}/0/0", task_grids(task)[0], aug)
+        n = 0
+        for _ in range(draw(st.integers(0, 8))):
+            if draw(st.booleans()):
+                number = draw(st.sampled_from(sorted(cells.shown)))
+                h, w = cells.shown[number].shape
+                grid.append(number), row.append(draw(st.integers(0, h - 1))), col.append(draw(st.integers(0, w - 1)))
+            else:
+                grid.append(-1), row.append(-1), col.append(-1)
+            n += 1
+        samples.append(cells)
+        lengths.append(n)
+    return samples, np.asarray(lengths), np.asarray(grid, np.int64), np.asarray(row, np.int64), np.asarray(col, np.int64)
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=samples_end_to_end())
+def test_roles_of_samples_laid_end_to_end_are_each_samples_own(case):
+    """The batch's lookup (one set of tables for every sample of a batch) gives each token the
+    roles its own sample alone gives it, and says which sample each cell token is of."""
+    from arclens.features.cells import lookup_roles
+
+    samples, lengths, grid, row, col = case
+    found = lookup_roles(samples, lengths, grid, row, col)
+    together = found.tokens(len(grid))
+    start = 0
+    for i, (cells, n) in enumerate(zip(samples, lengths.tolist())):
+        alone = cells.roles(grid[start:start + n], row[start:start + n], col[start:start + n])
+        for name in ("kind", "colour", "shown", "row", "col", "border", "cell"):
+            np.testing.assert_array_equal(getattr(together, name)[start:start + n], getattr(alone, name))
+        assert (found.sample[(found.at >= start) & (found.at < start + n)] == i).all()
+        start += n
+    np.testing.assert_array_equal(found.at, np.flatnonzero(grid >= 0))
+
+
+def test_a_bad_cell_in_a_later_sample_of_a_batch_is_named_in_that_sample():
+    import pytest
+
+    from arclens.errors import UserError
+    from arclens.features.cells import lookup_roles
+
+    g = [((1, 2, 3), (4, 5, 6)) for _ in range(4)]  # 2 x 3 grids
+    task = Task("t", (Example(g[0], g[1]),), (Example(g[2], g[3]),))
+    identity = Augmentation(False, 0, tuple(range(10)), (0,))
+    samples = [SampleCells(f"t/0/{i}", task_grids(task)[0], identity) for i in range(2)]
+    grid, row, col = np.array([0, 1, -1, 0, 1]), np.array([0, 1, -1, 1, 0]), np.array([2, 2, -1, 2, 3])
+    with pytest.raises(UserError, match=r"sample t/0/1: token 2 is cell \(grid 1, row 0, col 3\) but that grid "
+                                        r"of the task is 2x3"):
+        lookup_roles(samples, np.array([2, 3]), grid, row, col)

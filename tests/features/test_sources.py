@@ -3,7 +3,11 @@ reused buffer equals one built in a fresh one, padding slots zero."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.support import planted_roles as pr
 
 from arclens.features.sources import StoreSource, TaskGrids
@@ -55,3 +59,20 @@ def test_batches_built_ahead_in_a_thread_are_the_same_batches(exact_store):
         np.testing.assert_array_equal(x0, x1)
         np.testing.assert_array_equal(o0, o1)
         assert k0 == k1
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=6), data=st.data())
+def test_rows_copied_in_parts_are_the_samples_end_to_end(lengths, data):
+    """The copy threads split a batch's rows anywhere, mid-sample too; together they copy every
+    sample's rows to its place, and nothing past them."""
+    from arclens.features.sources import _copy_rows
+
+    parts = [np.arange(n * 3, dtype=np.float32).reshape(n, 3) + 1000 * i for i, n in enumerate(lengths)]
+    filled = sum(lengths)
+    cuts = sorted(data.draw(st.lists(st.integers(0, filled), max_size=4)) + [0, filled])
+    x = np.full((filled + 2, 3), -1, np.float32)
+    for lo, hi in itertools.pairwise(cuts):
+        _copy_rows(x, parts, lo, hi)
+    np.testing.assert_array_equal(x[:filled], np.concatenate(parts))
+    assert (x[filled:] == -1).all()

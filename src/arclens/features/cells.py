@@ -102,7 +102,7 @@ def prompt_slots(version: str, n_train: int, with_answer: bool) -> tuple[int, ..
 
 @dataclass(frozen=True)
 class TokenRoles:
-    """Per token of one sample; -1 where the token is not a cell."""
+    """Per token; -1 where the token is not a cell."""
 
     kind: np.ndarray  # int8: index into GRID_KINDS
     colour: np.ndarray  # int8: the cell's colour in the original task
@@ -113,74 +113,76 @@ class TokenRoles:
     cell: np.ndarray  # int64: original cell code (original grid * 900 + row * 30 + col)
 
 
-class SampleCells:
-    """The grids one sample shows and the lookup from its tokens' (grid, row, col) to their roles."""
+@dataclass(frozen=True)
+class CellRoles:
+    """The roles of the cell tokens among some tokens: `at` their indices, the rest per cell token."""
 
-    def __init__(self, key: str, grids: list[np.ndarray | None], aug: Augmentation):
-        self.key, self.aug = key, aug
-        self.n_train = len(aug.train_order)
-        n_numbers = 2 * self.n_train + 2
-        if len(grids) != n_numbers:
-            raise UserError(f"sample {key}: its augmentation has {self.n_train} train examples but the task "
-                            f"has {len(grids) // 2 - 1}; the tasks are not the ones this store was made from")
-        self.shown: dict[int, np.ndarray] = {}
-        parts = []  # per shown grid number: flat lookup arrays
-        self.offset = np.full(n_numbers, -1, np.int64)
-        self.width = np.zeros(n_numbers, np.int64)
-        self.height = np.zeros(n_numbers, np.int64)
-        start = 0
-        colour_map = np.asarray(aug.color_map, np.int64)
-        for number in range(n_numbers):
-            g0 = original_number(number, aug)
-            original = grids[g0]
-            if original is None:
-                continue
-            index, original_rc, border = _shown_layout(bool(aug.hflip), int(aug.rot90), *original.shape)
-            colours = original.ravel()[index.ravel()]
-            shown = colour_map[colours].reshape(index.shape)  # (= aug.apply_array(original))
-            h, w = shown.shape
-            parts.append((shown.ravel(), colours, g0 * CELL_CODE_GRID + original_rc, border))
-            self.shown[number] = shown
-            self.offset[number], self.height[number], self.width[number] = start, h, w
-            start += h * w
-        self._shown = np.concatenate([p[0] for p in parts]).astype(np.int8)
-        self._colour = np.concatenate([p[1] for p in parts]).astype(np.int8)
-        self._cell = np.concatenate([p[2] for p in parts]).astype(np.int64)
-        self._border = np.concatenate([p[3] for p in parts]).astype(np.int8)
+    at: np.ndarray  # int64
+    sample: np.ndarray  # int64: which of the samples looked up it belongs to
+    kind: np.ndarray  # (each field as in TokenRoles, int64, never -1)
+    colour: np.ndarray
+    shown: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    border: np.ndarray
+    cell: np.ndarray
 
-    def roles(self, grid: np.ndarray, row: np.ndarray, col: np.ndarray) -> TokenRoles:
-        # (Only the cell tokens are looked up, gathered once: every array starts at -1 and gets
-        # the cells' values put in. It runs on every token of the pass, in the source's thread.)
-        grid = np.asarray(grid)
-        n = len(grid)
-        at = np.flatnonzero(grid >= 0)
-        g, r, c = (np.asarray(a)[at].astype(np.int64) for a in (grid, row, col))
-        known = g < len(self.width)
-        gk = np.where(known, g, 0)
-        ok = known & (self.offset[gk] >= 0) & (r >= 0) & (r < self.height[gk]) & (c >= 0) & (c < self.width[gk])
-        if not ok.all():
-            j = int(np.flatnonzero(~ok)[0])
-            shape = f"{self.height[g[j]]}x{self.width[g[j]]}" if known[j] and self.offset[g[j]] >= 0 else "absent"
-            raise UserError(f"sample {self.key}: token {at[j]} is cell (grid {g[j]}, row {r[j]}, col {c[j]}) "
-                            f"but that grid of the task is {shape}; the tasks are not the ones this store was "
-                            "made from (pass the right --tasks, and --solutions for answers)")
-        flat = self.offset[g] + r * self.width[g] + c
+    def tokens(self, n: int) -> TokenRoles:
+        """Every one of the n tokens' roles (-1 where not a cell)."""
 
         def put(values: np.ndarray, dtype) -> np.ndarray:
             out = np.full(n, -1, dtype)
-            out[at] = values
+            out[self.at] = values
             return out
 
-        kinds = np.asarray([grid_kind(x, self.n_train) for x in range(len(self.width))], np.int8)
-        return TokenRoles(
-            kind=put(kinds[g], np.int8),
-            colour=put(self._colour[flat], np.int8),
-            shown=put(self._shown[flat], np.int8),
-            row=put(r, np.int8),
-            col=put(c, np.int8),
-            border=put(self._border[flat], np.int8),
-            cell=put(self._cell[flat], np.int64),
-        )
+        fields = {f: put(getattr(self, f), np.int8) for f in ("kind", "colour", "shown", "row", "col", "border")}
+        return TokenRoles(**fields, cell=put(self.cell, np.int64))
+
+
+@functools.lru_cache(maxsize=64)
+def _kinds(n_train: int) -> np.ndarray:
+    out = np.asarray([grid_kind(x, n_train) for x in range(2 * n_train + 2)], np.int64)
+    out.flags.writeable = False
+    return out
+
+
+class SampleCells:
+    """The grids one sample shows, from its task's grids and its augmentation.
+
+    Making one is cheap (the pass makes one per sample); the shown grids are made when first
+    asked for (`shown`: an example's lines), and the tokens' roles are looked up for a whole
+    batch of samples at once (`lookup_roles`)."""
+
+    def __init__(self, key: str, grids: list[np.ndarray | None], aug: Augmentation):
+        self.key, self.aug, self.grids = key, aug, grids
+        self.n_train = len(aug.train_order)
+        if len(grids) != 2 * self.n_train + 2:
+            raise UserError(f"sample {key}: its augmentation has {self.n_train} train examples but the task "
+                            f"has {len(grids) // 2 - 1}; the tasks are not the ones this store was made from")
+
+    @property
+    def n_numbers(self) -> int:
+        return len(self.grids)
+
+    def original(self, number: int) -> np.ndarray | None:
+        """The task's grid that shown grid `number` shows (None: an answer the tasks do not hold)."""
+        return self.grids[original_number(number, self.aug)]
+
+    @functools.cached_property
+    def shown(self) -> dict[int, np.ndarray]:
+        """Shown grid number -> the grid as the prompt shows it (= aug.apply_array of its original)."""
+        colour_map = np.asarray(self.aug.color_map, np.int64)
+        out = {}
+        for number in range(self.n_numbers):
+            original = self.original(number)
+            if original is not None:
+                index = _shown_layout(bool(self.aug.hflip), int(self.aug.rot90), *original.shape)[0]
+                out[number] = colour_map[original.ravel()[index]]
+        return out
+
+    def roles(self, grid: np.ndarray, row: np.ndarray, col: np.ndarray) -> TokenRoles:
+        """The roles of this sample's tokens (one sample's `lookup_roles`)."""
+        return lookup_roles([self], np.asarray([len(grid)]), grid, row, col).tokens(len(grid))
 
     def grids_json(self, slots: tuple[int, ...]) -> list[dict]:
         """samples.jsonl `grids`: every shown grid in `slots`, in grid-number order."""
@@ -195,3 +197,79 @@ class SampleCells:
                         "original_grid": original_number(number, self.aug),
                         "height": int(shown.shape[0]), "width": int(shown.shape[1]), "cells": shown.tolist()})
         return out
+
+
+def lookup_roles(samples: list[SampleCells], lengths: np.ndarray, grid, row, col) -> CellRoles:
+    """The roles of the cell tokens of several samples laid end to end (``lengths[i]`` tokens of
+    ``samples[i]``), from their stored (grid, row, col).
+
+    It runs on every token of the pass, in the source's thread, so it is a few gathers over the
+    whole batch's cell tokens: per shown grid of each sample, a row of small tables (the grid's
+    kind, shown shape, and where its layout and its original colours start in two tables
+    concatenated for the batch); per cell token, its shown cell's place in the layout table, which
+    holds the original cell and border (`_shown_layout`, the numpy flips and rotations of
+    `Augmentation.apply_array`), and from there the original colour and the shown one."""
+    grid = np.asarray(grid)
+    lengths = np.asarray(lengths, np.int64)
+    starts = np.cumsum(lengths) - lengths
+    # Per (sample, shown grid number): its row in the tables below.
+    kind, height, width, layout_at, colours_at, cell_base = [], [], [], [], [], []
+    base = np.empty(len(samples), np.int64)
+    layouts: dict[tuple, int] = {}
+    layout_parts: list[tuple] = []
+    colour_parts: dict[int, tuple[int, np.ndarray]] = {}
+    n_layout = n_colours = 0
+    for i, s in enumerate(samples):
+        base[i] = len(kind)
+        kind.extend(_kinds(s.n_train).tolist())
+        hflip, rot90 = bool(s.aug.hflip), int(s.aug.rot90)
+        for number in range(s.n_numbers):
+            g0 = original_number(number, s.aug)
+            original = s.grids[g0]
+            if original is None:
+                height.append(0), width.append(0), layout_at.append(-1), colours_at.append(0), cell_base.append(0)
+                continue
+            h, w = original.shape
+            key = (hflip, rot90, h, w)
+            at = layouts.get(key)
+            if at is None:
+                at = layouts[key] = n_layout
+                layout_parts.append(_shown_layout(*key))
+                n_layout += h * w
+            part = colour_parts.get(id(original))
+            if part is None:
+                part = colour_parts[id(original)] = (n_colours, original)
+                n_colours += original.size
+            sh, sw = (w, h) if rot90 % 2 else (h, w)
+            height.append(sh), width.append(sw), layout_at.append(at), colours_at.append(part[0])
+            cell_base.append(g0 * CELL_CODE_GRID)
+    n_numbers = np.asarray([s.n_numbers for s in samples], np.int64)
+    kind, height, width = (np.asarray(a, np.int64) for a in (kind, height, width))
+    layout_at, colours_at, cell_base = (np.asarray(a, np.int64) for a in (layout_at, colours_at, cell_base))
+
+    at = np.flatnonzero(grid >= 0)
+    sample = np.searchsorted(starts, at, side="right") - 1
+    g, r, c = (np.asarray(a)[at].astype(np.int64) for a in (grid, row, col))
+    known = g < n_numbers[sample]
+    sg = base[sample] + np.where(known, g, 0)
+    ok = known & (layout_at[sg] >= 0) & (r >= 0) & (r < height[sg]) & (c >= 0) & (c < width[sg])
+    if not ok.all():
+        j = int(np.flatnonzero(~ok)[0])
+        s = samples[sample[j]]
+        shape = f"{height[sg[j]]}x{width[sg[j]]}" if known[j] and layout_at[sg[j]] >= 0 else "absent"
+        raise UserError(f"sample {s.key}: token {at[j] - starts[sample[j]]} is cell (grid {g[j]}, row {r[j]}, "
+                        f"col {c[j]}) but that grid of the task is {shape}; the tasks are not the ones this store "
+                        "was made from (pass the right --tasks, and --solutions for answers)")
+    if layout_parts:
+        index = np.concatenate([p[0].ravel() for p in layout_parts])
+        original_rc = np.concatenate([p[1] for p in layout_parts])
+        border = np.concatenate([p[2] for p in layout_parts])
+        colours = np.concatenate([o.ravel() for _, o in colour_parts.values()])
+    else:
+        index = original_rc = border = colours = np.zeros(0, np.int64)
+    colour_maps = np.asarray([s.aug.color_map for s in samples], np.int64).reshape(len(samples), -1)
+    shown_at = layout_at[sg] + r * width[sg] + c
+    colour = colours[colours_at[sg] + index[shown_at]]
+
+    return CellRoles(at=at, sample=sample, kind=kind[sg], colour=colour, shown=colour_maps[sample, colour],
+                     row=r, col=c, border=border[shown_at], cell=cell_base[sg] + original_rc[shown_at])

@@ -30,8 +30,13 @@ def key_hash(key: str) -> np.uint64:
 
 def token_hashes(key: str, positions: np.ndarray) -> np.ndarray:
     """uint64 [n]: one per token of a sample."""
+    return hash_tokens(key_hash(key), positions)
+
+
+def hash_tokens(key_hashes, positions: np.ndarray) -> np.ndarray:
+    """uint64 [n]: `token_hashes` of tokens of several samples, given each token's `key_hash`."""
     with np.errstate(over="ignore"):
-        return mix64(key_hash(key) ^ mix64(np.asarray(positions, np.uint64) + _GOLDEN))
+        return mix64(np.asarray(key_hashes, np.uint64) ^ mix64(np.asarray(positions, np.uint64) + _GOLDEN))
 
 
 def latent_hashes(token_hash: np.ndarray, latent: np.ndarray) -> np.ndarray:

@@ -77,17 +77,24 @@ def role_columns(kind, colour, shown, row, col, border):
 
     kind = np.asarray(kind)
     out = np.full((len(kind), ROLES_PER_CELL), -1, np.int16)
-    at = np.flatnonzero(kind >= 0)  # (the cells' rows are made alone, in int16: every column fits)
-    k, colour = kind[at].astype(np.int16), np.asarray(colour)[at].astype(np.int16)
+    at = np.flatnonzero(kind >= 0)
+    out[at] = cell_role_columns(*(np.asarray(a)[at] for a in (kind, colour, shown, row, col, border)))
+    return out
+
+
+def cell_role_columns(kind, colour, shown, row, col, border):
+    """`role_columns` of cell tokens only (every field >= 0). Made in int16: every column fits."""
+    import numpy as np
+
+    k, colour = np.asarray(kind).astype(np.int16), np.asarray(colour).astype(np.int16)
     b = BLOCKS
-    cols = np.empty((len(at), ROLES_PER_CELL), np.int16)
+    cols = np.empty((len(k), ROLES_PER_CELL), np.int16)
     cols[:, 0] = b["cell"].start
     cols[:, 1] = b["grid_kind"].start + k
     cols[:, 2] = b["colour"].start + colour
-    cols[:, 3] = b["shown_colour"].start + np.asarray(shown)[at].astype(np.int16)
-    cols[:, 4] = b["row"].start + np.asarray(row)[at].astype(np.int16)
-    cols[:, 5] = b["col"].start + np.asarray(col)[at].astype(np.int16)
-    cols[:, 6] = np.where(np.asarray(border)[at] == 1, b["border"].start, -1)
+    cols[:, 3] = b["shown_colour"].start + np.asarray(shown).astype(np.int16)
+    cols[:, 4] = b["row"].start + np.asarray(row).astype(np.int16)
+    cols[:, 5] = b["col"].start + np.asarray(col).astype(np.int16)
+    cols[:, 6] = np.where(np.asarray(border) == 1, b["border"].start, -1)
     cols[:, 7] = b["colour_grid"].start + k * N_COLOURS + colour
-    out[at] = cols
-    return out
+    return cols

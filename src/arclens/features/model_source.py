@@ -73,9 +73,8 @@ class ModelSource:
                        "token_id": np.asarray(sample.token_ids, COLUMN_DTYPES["token_id"])}
             for name in ("grid", "row", "col"):
                 columns[name] = np.asarray(getattr(sample, name), COLUMN_DTYPES[name])
-            cells = self.grids.sample_cells(info)
             builder.add(row * width, self.plan.rank[sample.key], self.plan.group[sample.key], info, columns,
-                        cells, cells.roles(columns["grid"], columns["row"], columns["col"]))
+                        self.grids.sample_cells(info))
             self.seen += 1
         # A reshape on the device: no host copy of the activations. Padding slots keep whatever
         # the model computed there (finite: the capture runs padding rows as one-token rows) and
