@@ -28,4 +28,18 @@ def test_features_benchmark_runs_and_reports_every_row(tmp_path, tallies, worker
     assert [r["run"] for r in res["results"]] == [*rows, "features pass (no files)", "arclens features"]
     assert all(r["tokens_per_s"] > 0 and r["x_read"] > 0 for r in res["results"])
     header = next(line for line in proc.stdout.splitlines() if line.startswith("run"))
-    assert header.split() == ["run", "seconds", "tokens/s", "x", "read"]
+    assert header.split() == ["run", "(best", "of", "1)", "seconds", "tokens/s", "x", "read", "ns/token",
+                              "median", "x", "read"]
+
+
+def test_host_only_measures_the_reads_and_the_source_round_after_round(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "features_throughput.py"), "--dest", str(tmp_path / "b"),
+           "--tasks", "1", "--d-model", "32", "--batch-tokens", "2048", "--repeats", "3", "--host-only",
+           "--json", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [r["run"] for r in res["results"]] == ["Store.batches (plain read)", "Store.samples", "features source"]
+    assert all(r["median_seconds"] >= r["seconds"] > 0 for r in res["results"])
