@@ -175,10 +175,16 @@ def test_a_cell_outside_its_grid_names_the_sample_the_token_and_the_shape():
 def samples_end_to_end(draw):
     """1-4 samples of different tasks and augmentations, and per sample a few tokens: cells of
     its shown grids and tokens that are no cell, in any order."""
-    samples, grid, row, col, lengths = [], [], [], [], []
+    samples, grid, row, col, lengths, tasks = [], [], [], [], [], []
     for i in range(draw(st.integers(1, 4))):
-        task, aug = draw(tasks_and_augs())
-        cells = SampleCells(f"t{i}/0/0", task_grids(task)[0], aug)
+        if tasks and draw(st.booleans()):  # another augmentation of a task already in the batch
+            task, grids = draw(st.sampled_from(tasks))
+            aug = draw(augmentations(len(task.train)))
+        else:
+            task, aug = draw(tasks_and_augs())
+            grids = task_grids(task)[0]  # (its samples share these arrays, as a store's do)
+            tasks.append((task, grids))
+        cells = SampleCells(f"t{i}/0/0", grids, aug)
         n = 0
         for _ in range(draw(st.integers(0, 8))):
             if draw(st.booleans()):
@@ -208,6 +214,16 @@ def test_roles_of_samples_laid_end_to_end_are_each_samples_own(case):
         alone = cells.roles(grid[start:start + n], row[start:start + n], col[start:start + n])
         for name in ("kind", "colour", "shown", "row", "col", "border", "cell"):
             np.testing.assert_array_equal(getattr(together, name)[start:start + n], getattr(alone, name))
+        for j in range(start, start + n):  # and each cell token against its shown grid and the task
+            if grid[j] >= 0:
+                shown = cells.shown[int(grid[j])]
+                h, w = shown.shape
+                assert together.shown[j] == shown[row[j], col[j]]
+                assert together.border[j] == int(row[j] in (0, h - 1) or col[j] in (0, w - 1))
+                original = cells.original(int(grid[j]))
+                (r0,), (c0,) = shown_to_original(cells.aug, original.shape, [row[j]], [col[j]])
+                assert together.colour[j] == original[r0, c0]
+                assert together.cell[j] == original_number(int(grid[j]), cells.aug) * CELL_CODE_GRID + r0 * 30 + c0
         assert (found.sample[(found.at >= start) & (found.at < start + n)] == i).all()
         start += n
     np.testing.assert_array_equal(found.at, np.flatnonzero(grid >= 0))

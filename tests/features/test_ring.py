@@ -14,10 +14,13 @@ from tests.support.features_brute import SETTINGS
 from arclens.features import accumulate, ring
 
 
-@pytest.mark.parametrize("memfd", [True, False])
-def test_what_is_written_reads_back_in_another_mapping_also_after_growing(monkeypatch, memfd):
+@pytest.mark.parametrize("memfd, split", [(True, False), (False, False), (True, True)])
+def test_what_is_written_reads_back_in_another_mapping_also_after_growing(monkeypatch, memfd, split):
+    """``split``: every write copied by two threads, the bytes cut wherever half falls (mid-array)."""
     if not memfd:
         monkeypatch.delattr(os, "memfd_create", raising=False)  # (other POSIX systems)
+    if split:
+        monkeypatch.setattr(ring, "_SPLIT_BYTES", 1)
     writer = ring.Ring(n_slots=2)
     reader = ring.Mapping(os.dup(writer.fd), writable=False)
     try:

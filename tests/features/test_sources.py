@@ -76,3 +76,32 @@ def test_rows_copied_in_parts_are_the_samples_end_to_end(lengths, data):
         _copy_rows(x, parts, lo, hi)
     np.testing.assert_array_equal(x[:filled], np.concatenate(parts))
     assert (x[filled:] == -1).all()
+
+
+def test_a_bad_sample_waits_for_the_copies_of_its_batch(exact_store, monkeypatch):
+    """A sample the tasks cannot place raises its one-line error only once the batch's copy
+    threads are done with the buffer (none is left writing into it)."""
+    import threading
+    import time
+
+    import pytest
+
+    from arclens.errors import UserError
+    from arclens.features import sources
+
+    source, done = _source(exact_store), []
+    copy_rows = sources._copy_rows
+
+    def slow_copy(*args):
+        time.sleep(0.3)
+        copy_rows(*args)
+        done.append(threading.current_thread().name)
+
+    def refuse(info):
+        raise UserError(f"sample {info['key']}: refused by the test")
+
+    monkeypatch.setattr(sources, "_copy_rows", slow_copy)
+    monkeypatch.setattr(source.grids, "sample_cells", refuse)
+    with pytest.raises(UserError, match="refused by the test"):
+        next(iter(source.batches(1024)))
+    assert len(done) == 2  # (both copy threads had finished when the error reached the caller)

@@ -62,7 +62,8 @@ class BatchBuilder:
         self._added: list[tuple[int, int, int, dict, dict, SampleCells]] = []
 
     def add(self, start: int, rank: int, group: int, info: dict, columns: dict, cells: SampleCells) -> None:
-        """The sample's tokens go to slots [start, start + n): `columns` holds COLUMNS, per token."""
+        """The sample's tokens go to slots [start, start + n), after those of the samples added
+        before it: `columns` holds COLUMNS, per token."""
         self._added.append((start, rank, group, info, columns, cells))
 
     def build(self, x) -> Batch:
@@ -79,7 +80,7 @@ class BatchBuilder:
         lengths = np.asarray([len(a[4]["position"]) for a in added], np.int64)
         starts = np.asarray([a[0] for a in added], np.int64)
         ends = starts + lengths
-        if ends[-1] > size or (len(added) > 1 and (starts[1:] < ends[:-1]).any()):
+        if starts[0] < 0 or ends[-1] > size or (len(added) > 1 and (starts[1:] < ends[:-1]).any()):
             raise ValueError(f"samples overlap or overrun the batch's {size} slots")
         # Every token of the batch, samples end to end, and the slot each goes to.
         total = int(lengths.sum())

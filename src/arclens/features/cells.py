@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from arclens.errors import UserError
-from arclens.features.layout import GRID_KINDS, MAX_SIDE
+from arclens.features.layout import GRID_KINDS, MAX_SIDE, N_COLOURS
 from arclens.prompts import Augmentation
 
 CELL_CODE_GRID = MAX_SIDE * MAX_SIDE  # original cell code = original grid * 900 + row * 30 + col
@@ -211,6 +211,8 @@ def lookup_roles(samples: list[SampleCells], lengths: np.ndarray, grid, row, col
     `Augmentation.apply_array`), and from there the original colour and the shown one."""
     grid = np.asarray(grid)
     lengths = np.asarray(lengths, np.int64)
+    if len(lengths) != len(samples) or int(lengths.sum()) != len(grid):
+        raise ValueError(f"{len(samples)} samples of {lengths.sum()} tokens in all, for {len(grid)} tokens")
     starts = np.cumsum(lengths) - lengths
     # Per (sample, shown grid number): its row in the tables below.
     kind, height, width, layout_at, colours_at, cell_base = [], [], [], [], [], []
@@ -267,7 +269,7 @@ def lookup_roles(samples: list[SampleCells], lengths: np.ndarray, grid, row, col
         colours = np.concatenate([o.ravel() for _, o in colour_parts.values()])
     else:
         index = original_rc = border = colours = np.zeros(0, np.int64)
-    colour_maps = np.asarray([s.aug.color_map for s in samples], np.int64).reshape(len(samples), -1)
+    colour_maps = np.asarray([s.aug.color_map for s in samples], np.int64).reshape(len(samples), N_COLOURS)
     shown_at = layout_at[sg] + r * width[sg] + c
     colour = colours[colours_at[sg] + index[shown_at]]
 

@@ -150,17 +150,19 @@ class StoreSource:
         parts = [arrays[self.hook] for _, arrays in pending]
         cuts = np.linspace(0, filled, _COPY_THREADS + 1).astype(np.int64).tolist()
         copies = [_COPIER.submit(_copy_rows, x, parts, lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo]
-        start = 0
-        for info, arrays in pending:
-            key = info["key"]
-            builder.add(start, self.plan.rank[key], self.plan.group[key], info,
-                        {c: arrays[c] for c in COLUMNS}, self.grids.sample_cells(info))
-            start += len(arrays["position"])
         try:
-            return builder.build(x)  # (where the roles are looked up, the whole batch at once)
+            start = 0
+            for info, arrays in pending:
+                key = info["key"]
+                builder.add(start, self.plan.rank[key], self.plan.group[key], info,
+                            {c: arrays[c] for c in COLUMNS}, self.grids.sample_cells(info))
+                start += len(arrays["position"])
+            batch = builder.build(x)  # (where the roles are looked up, the whole batch at once)
         finally:
-            for copy in copies:
-                copy.result()  # (x is the batch's once its copies are done)
+            concurrent.futures.wait(copies)  # (x is the batch's once its copies are done, error or not)
+        for copy in copies:
+            copy.result()
+        return batch
 
 
 def _copy_rows(x: np.ndarray, parts: list[np.ndarray], lo: int, hi: int) -> None:
