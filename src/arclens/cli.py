@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "same files (auto: the device, unless it is the CPU or they would fill a quarter of it)")
     p.add_argument("--fold-workers", type=int, default=None, metavar="N",
                    help="processes that fold the pass's results on the host, a range of latents each; every N "
-                        "writes the same files (default: 1 on the CPU backend, else one per two cores up to 8)")
+                        "writes the same files (default: 1 on the CPU backend, else the cores less 4, at least half, up to 16)")
     p.add_argument("--png", type=int, nargs="+", default=None, metavar="LATENT",
                    help="also draw these latents' top examples as ARC grids: FDIR/figures/latent-L.png")
     p.add_argument("--png-dir", default=None, help="folder for the --png figures (default FDIR/figures)")

@@ -75,15 +75,27 @@ def _on_cpu(array) -> bool:
     return devices is None or all(d.platform == "cpu" for d in devices())
 
 
-def fold_workers_for(requested: int | None, d_sae: int) -> int:
-    """Worker processes for the fold: `requested`, or (None) one per two host cores up to 8 on an
-    accelerator, and none on the CPU backend, whose cores run the encoding."""
+MAX_AUTO_FOLD_WORKERS = 16
+
+
+def fold_workers_for(requested: int | None, d_sae: int, cores: int | None = None,
+                     platform: str | None = None) -> int:
+    """Worker processes for the fold: `requested`, or (None) on an accelerator every host core
+    but four (the parent, the source's thread and its two copy threads), at least one per two
+    cores, up to 16; none on the CPU backend, whose cores run the encoding. ``cores``: the cores
+    this process may use (a container's, not the host's), ``platform``: JAX's (both found when
+    None).
+
+    At k = 32 each worker folds 32/N firing pairs a token at ~115 ns a pair, so by the estimate in
+    docs/BENCHMARKS.md the workers are the host's slowest stage at 8 (~1.6x a plain read at
+    d_model 896) and keep pace with it at 12 (~1.1x); never measured on an accelerator."""
     if requested is not None:
         return max(1, min(int(requested), d_sae))
-    if jax.devices()[0].platform == "cpu":
+    if (platform or jax.devices()[0].platform) == "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // 2, d_sae))  # (the cores this process may use: a container's, not the host's)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_FOLD_WORKERS, max(cores // 2, cores - 4), d_sae))
 
 
 class Accumulator:
