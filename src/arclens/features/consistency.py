@@ -29,7 +29,9 @@ class Consistency:
 
     def add_batch(self, batch, latent: np.ndarray, token: np.ndarray) -> None:
         """The firing pairs of one batch (latent, token index; in token order), for every sample."""
-        bounds = np.searchsorted(token, [(s.start, s.end) for s in batch.samples]) if batch.samples else []
+        # (the bounds in the pairs' own dtype: else searchsorted casts every pair's token first)
+        bounds = np.searchsorted(token, np.asarray([(s.start, s.end) for s in batch.samples], token.dtype)) \
+            if batch.samples else []
         # int32 codes while they fit: the gathers at each group's close take half the time
         index = np.int32 if (int(batch.cell.max(initial=0)) + 1) * self.d_sae < 2**31 else np.int64
         f = index(self.d_sae)

@@ -136,12 +136,12 @@ class _ExampleWriter:
                 prefixes = self._prefixes[key_rank] = _cell_prefixes(record)
             cells = self.pairs[code] = _cells_json(record, prefixes, offsets, acts)
         cols = record.columns
-        i = int(np.searchsorted(cols["position"], position))
+        i = int(np.searchsorted(cols["position"], cols["position"].dtype.type(position)))  # (no cast of the array)
         grid = int(cols["grid"][i])
         cell = f"[{grid}, {int(cols['row'][i])}, {int(cols['col'][i])}]" if grid >= 0 else "null"
         lo, hi = max(0, i - self.context), min(len(cols["position"]), i + self.context + 1)
         dense = ["0.0"] * (hi - lo)
-        a, b = np.searchsorted(offsets, [lo, hi])  # (offsets ascend)
+        a, b = np.searchsorted(offsets, np.asarray([lo, hi], offsets.dtype))  # (offsets ascend)
         for offset, v in zip(offsets[a:b].tolist(), f32_list(acts[a:b])):
             dense[offset - lo] = _number(v)
         ids = cols["token_id"][lo:hi].tolist()
