@@ -19,12 +19,20 @@ def test_the_hashes_are_the_ones_every_earlier_version_drew_with():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**31 - 1)), max_size=40))
-def test_latent_hashes_is_its_formula(pairs):
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**31 - 1)), max_size=40),
+       st.sampled_from([1, 3, 7, 1 << 15]))
+def test_latent_hashes_is_its_formula(pairs, block):
+    """`block`: pairs hashed a block at a time (the last block shorter, or the only one)."""
+    import pytest
+
+    from arclens.features import hashing
+
     token_hash = np.asarray([t for t, _ in pairs], np.uint64)
     latent = np.asarray([f for _, f in pairs], np.int64)
     with np.errstate(over="ignore"):
         want = (mix64(token_hash ^ (latent.astype(np.uint64) * _GOLDEN)) >> np.uint64(1)).astype(np.int64)
-    got = latent_hashes(token_hash, latent.astype(np.int32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashing, "_BLOCK", block)
+        got = latent_hashes(token_hash, latent.astype(np.int32))
     assert got.dtype == np.int64 and got.tolist() == want.tolist()
     assert (got >= 0).all()
