@@ -67,3 +67,16 @@ def test_consistency_is_its_definition(case, bits_per_pair):
     want, want_cells = by_definition(d_sae, gs)
     np.testing.assert_array_equal(cells, want_cells)
     np.testing.assert_allclose(value, want, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("n", [2, 6, 7, 9, 10, 19])
+def test_a_latent_on_every_augmentation_is_exactly_1(n):
+    """A latent that fires on its cells in all n samples of a group scores exactly 1.0 (k/n for
+    k = n), never a sum of n terms 1/n that rounds to 0.9999999999999999 or 1.0000000000000002."""
+    c = Consistency(2, np.array([n, n]))
+    for group in range(2):
+        for _ in range(n):
+            cells = np.array([5, 17, 40], np.int64)
+            c.add_sample(group, cells, (cells * 2 + 1).astype(np.int32))  # latent 1 on every cell
+    value, cells = c.finish()
+    assert cells.tolist() == [0, 6] and np.isnan(value[0]) and value[1] == 1.0

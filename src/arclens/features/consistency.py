@@ -54,10 +54,10 @@ class Consistency:
 
     def _close(self, group: int) -> None:
         # consistency sums, per latent, k_c / n_c over the cells c it fires on (k_c of the group's
-        # n_c samples that show c). A sample's pairs are each (cell, latent) once, so that is the
-        # sum of 1 / n_c over the pairs themselves: no sort of the pairs to count k_c. Only the
-        # number of cells per latent needs each (cell, latent) once, which a bitmap of the
-        # group's cells x latents gives (a sort where that would be large).
+        # n_c samples that show c). A sample's pairs are each (cell, latent) once, so the sum of
+        # k_c over the cells of one n_c is a count of pairs: no sort of the pairs to find each k_c.
+        # Only the number of cells per latent needs each (cell, latent) once, which a bitmap of
+        # the group's cells x latents gives (a sort where that would be large).
         fired = np.concatenate(self.fired.pop(group))
         cells = np.concatenate(self.cells.pop(group))
         if not len(fired):
@@ -75,7 +75,13 @@ class Consistency:
         if not (dense >= 0).all():
             on = dense >= 0
             dense, latent = dense[on], latent[on]
-        self.share_sum += np.bincount(latent, weights=(1.0 / n)[dense], minlength=f)
+        # k_c summed per latent and value of n_c (a group has a few), then divided once: a latent
+        # that fires on a cell in all n_c samples adds exactly 1, as k_c / n_c does (a sum of k_c
+        # terms 1 / n_c would not: nine of 1/9 make 1.0000000000000002; a reviewer's find).
+        n_values, n_class = np.unique(n, return_inverse=True)
+        j = len(n_values)
+        k_sum = np.bincount(latent.astype(np.int64) * j + n_class[dense], minlength=f * j).reshape(f, j)
+        self.share_sum += (k_sum / n_values).sum(1)
         bits = len(seen_cells) * f
         if bits <= _BITMAP_CELLS and bits <= _BITS_PER_PAIR * len(latent):
             fires = np.zeros(bits, bool)

@@ -47,6 +47,8 @@ def latent_hashes(token_hash: np.ndarray, latent: np.ndarray) -> np.ndarray:
     million pairs; tests/features/test_hashing.py pins its values.)"""
     latent = np.asarray(latent)
     token_hash = np.asarray(token_hash, np.uint64)
+    if latent.ndim != 1 or token_hash.shape != latent.shape:
+        raise ValueError(f"latent_hashes takes one token hash per latent, 1-D: {token_hash.shape}, {latent.shape}")
     out = np.empty(len(latent), np.uint64)
     shifted = np.empty(min(_BLOCK, len(latent)), np.uint64)
     for lo in range(0, len(latent), _BLOCK):
