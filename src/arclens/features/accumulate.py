@@ -86,9 +86,10 @@ def fold_workers_for(requested: int | None, d_sae: int, cores: int | None = None
     this process may use (a container's, not the host's), ``platform``: JAX's (both found when
     None).
 
-    At k = 32 each worker folds 32/N firing pairs a token at ~115 ns a pair, so by the estimate in
-    docs/BENCHMARKS.md the workers are the host's slowest stage at 8 (~1.6x a plain read at
-    d_model 896) and keep pace with it at 12 (~1.1x); never measured on an accelerator."""
+    At k = 32 each worker folds 32/N firing pairs a token at ~95-115 ns a pair, so by the
+    estimate in docs/BENCHMARKS.md the workers are the host's slowest stage at 8 (~1.3-1.6x a
+    plain read at d_model 896) and keep pace with the source at 12; never measured on an
+    accelerator."""
     if requested is not None:
         return max(1, min(int(requested), d_sae))
     if (platform or jax.devices()[0].platform) == "cpu":
