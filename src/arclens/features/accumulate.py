@@ -10,12 +10,11 @@ Nothing here grows with the number of tokens (docs/FEATURES.md, "How it is compu
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arclens.cores import usable_cores
 from arclens.features import tally
 from arclens.features.batch import Batch
 from arclens.features.device import add_compensated, group_pairs, group_topk
@@ -95,7 +94,7 @@ def fold_workers_for(requested: int | None, d_sae: int, cores: int | None = None
     if (platform or jax.devices()[0].platform) == "cpu":
         return 1
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     return max(1, min(MAX_AUTO_FOLD_WORKERS, max(cores // 2, cores - 4), d_sae))
 
 

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 
+from arclens.cores import usable_cores
 from arclens.data.tasks import Task
 from arclens.prompts import PromptConfig, Sample, render_samples
 
@@ -26,10 +27,11 @@ MIN_SAMPLES_FOR_POOL = 2048
 
 def default_workers(n_samples: int, requested: int | None = None) -> int:
     """Rendering processes for a job of ``n_samples``: ``requested`` (``--render-workers``), else
-    none for a small job or a machine with fewer than 4 cores, else cores - 2 (at most 16)."""
+    none for a small job or a machine with fewer than 4 cores, else cores - 2 (at most 16). The
+    cores are those this process may use (`arclens.cores.usable_cores`: a container's quota)."""
     if requested is not None:
         return requested
-    cpus = os.cpu_count() or 1
+    cpus = usable_cores()
     if n_samples < MIN_SAMPLES_FOR_POOL or cpus < 4:
         return 0
     return min(cpus - 2, 16)  # leave cores for the device loop, the copy and the writer threads
