@@ -66,14 +66,16 @@ def test_batches_built_ahead_in_a_thread_are_the_same_batches(exact_store):
 def test_rows_copied_in_parts_are_the_samples_end_to_end(lengths, data):
     """The copy threads split a batch's rows anywhere, mid-sample too; together they copy every
     sample's rows to its place, and nothing past them."""
-    from arclens.features.sources import _copy_rows
+    from arclens.features.spans import copy_span
 
     parts = [np.arange(n * 3, dtype=np.float32).reshape(n, 3) + 1000 * i for i, n in enumerate(lengths)]
     filled = sum(lengths)
     cuts = sorted(data.draw(st.lists(st.integers(0, filled), max_size=4)) + [0, filled])
     x = np.full((filled + 2, 3), -1, np.float32)
+    starts = np.cumsum([0, *lengths]).tolist()
+    pieces = [(x[a:b], part) for a, b, part in zip(starts[:-1], starts[1:], parts)]
     for lo, hi in itertools.pairwise(cuts):
-        _copy_rows(x, parts, lo, hi)
+        copy_span(pieces, lo, hi)
     np.testing.assert_array_equal(x[:filled], np.concatenate(parts))
     assert (x[filled:] == -1).all()
 
@@ -90,17 +92,17 @@ def test_a_bad_sample_waits_for_the_copies_of_its_batch(exact_store, monkeypatch
     from arclens.features import sources
 
     source, done = _source(exact_store), []
-    copy_rows = sources._copy_rows
+    copy_span = sources.copy_span
 
     def slow_copy(*args):
         time.sleep(0.3)
-        copy_rows(*args)
+        copy_span(*args)
         done.append(threading.current_thread().name)
 
     def refuse(info):
         raise UserError(f"sample {info['key']}: refused by the test")
 
-    monkeypatch.setattr(sources, "_copy_rows", slow_copy)
+    monkeypatch.setattr(sources, "copy_span", slow_copy)
     monkeypatch.setattr(source.grids, "sample_cells", refuse)
     with pytest.raises(UserError, match="refused by the test"):
         next(iter(source.batches(1024)))

@@ -24,6 +24,8 @@ import tempfile
 
 import numpy as np
 
+from arclens.features.spans import copy_span
+
 ALIGN = 64  # (each array starts on a cache line)
 MIN_SLOT_BYTES = 1 << 20
 GROWTH = 1.25  # a slot's room over the largest batch so far (few batches need it to grow again)
@@ -74,17 +76,6 @@ _SPLIT_BYTES = 4 << 20  # (below this, a second thread's hand-off costs more tha
 _WRITER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="arclens-ring-write")
 
 
-def _copy_pieces(pieces: list[tuple[np.ndarray, np.ndarray]], lo: int, hi: int) -> None:
-    """Bytes [lo, hi) of the pieces laid end to end, each source into its destination."""
-    start = 0
-    for dst, src in pieces:
-        end = start + len(src)
-        if end > lo and start < hi:
-            a, b = max(lo, start) - start, min(hi, end) - start
-            dst[a:b] = src[a:b]
-        start = end
-
-
 class Ring:
     """The parent's side: slots to write batches into."""
 
@@ -130,11 +121,11 @@ class Ring:
             at += _aligned(a.nbytes)
         total = sum(len(d) for d, _ in pieces)
         if total < _SPLIT_BYTES:
-            _copy_pieces(pieces, 0, total)
+            copy_span(pieces, 0, total)
         else:
-            other = _WRITER.submit(_copy_pieces, pieces, total // 2, total)
+            other = _WRITER.submit(copy_span, pieces, total // 2, total)
             try:
-                _copy_pieces(pieces, 0, total // 2)
+                copy_span(pieces, 0, total // 2)
             finally:
                 other.result()
         return blob_at, array_at

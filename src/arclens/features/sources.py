@@ -18,6 +18,7 @@ import numpy as np
 from arclens.errors import UserError
 from arclens.features.batch import COLUMNS, Batch, BatchBuilder
 from arclens.features.cells import SampleCells, task_grids
+from arclens.features.spans import copy_span
 from arclens.prompts import Augmentation
 from arclens.store.metadata import tasks_fingerprint
 from arclens.store.reader import in_background
@@ -147,9 +148,13 @@ class StoreSource:
         # (numpy lets go of the interpreter lock in a large copy). A copy out of the store's map is
         # bound by each thread's page walks, not by the memory: two threads copy at d_model 896 in
         # ~165 ns a token where one takes ~330 (docs/BENCHMARKS.md), so the rows are split.
-        parts = [arrays[self.hook] for _, arrays in pending]
+        pieces, start = [], 0
+        for _, arrays in pending:
+            part = arrays[self.hook]
+            pieces.append((x[start:start + len(part)], part))
+            start += len(part)
         cuts = np.linspace(0, filled, _COPY_THREADS + 1).astype(np.int64).tolist()
-        copies = [_COPIER.submit(_copy_rows, x, parts, lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo]
+        copies = [_COPIER.submit(copy_span, pieces, lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo]
         try:
             start = 0
             for info, arrays in pending:
@@ -163,17 +168,6 @@ class StoreSource:
         for copy in copies:
             copy.result()
         return batch
-
-
-def _copy_rows(x: np.ndarray, parts: list[np.ndarray], lo: int, hi: int) -> None:
-    """Rows [lo, hi) of x from `parts` laid end to end."""
-    start = 0
-    for a in parts:
-        end = start + len(a)
-        if end > lo and start < hi:
-            a_lo, a_hi = max(lo, start), min(hi, end)
-            x[a_lo:a_hi] = a[a_lo - start:a_hi - start]
-        start = end
 
 
 _COPY_THREADS = 2
