@@ -155,6 +155,36 @@ def test_resume_on_the_fly_ends_with_an_uninterrupted_runs_weights(data, tmp_pat
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
 
 
+def test_data_parallel_on_the_fly_resumes_to_the_uninterrupted_weights(data, tmp_path):
+    """At ``--mesh 2,1`` each device packs its own rows of the forward batches and holds its share
+    of the shuffle window (the deal of sae/shuffle.py; tests/sae/test_shuffle_mesh.py). SIGTERM
+    after step 18 (pass 0's second window, each device carrying rows of its own), then the same
+    command: the uninterrupted run's weights (the bar is 1e-6). It trains: FVU well below the first
+    step's."""
+    from arclens.sae import checkpoint as ckpt
+    from arclens.store import fs as fsx
+
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    extra = ("--tokens", str(24 * 256), "--checkpoint-every", "4", "--mesh", "2,1")
+    r = run_cli(_fly(data, tmp_path / "ref", *extra), **two)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = tmp_path / "out"
+    r = run_cli(_fly(data, out, *extra), ARCLENS_TEST_CRASH_AT="sae-step:18=TERM", **two)
+    assert r.returncode == 0 and "stopped by SIGTERM after step 18/24" in r.stdout, r.stdout + r.stderr
+    header, arrays = ckpt.load_latest(*fsx.get_fs(str(out)))
+    counts = header["position"]["carry_counts"]
+    assert len(counts) == 2 and min(counts) > 0 and arrays[f"data/carry/{HOOK}"].shape[0] == sum(counts)
+    r = run_cli(_fly(data, out, *extra), **two)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = _weights(out), _weights(tmp_path / "ref")
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+    doc = _doc(out)
+    assert doc["source"]["shuffle_dealt"] is True
+    first = json.loads((out / HOOK / "metrics.jsonl").read_text().splitlines()[0])["fvu"]
+    assert doc["final"]["fvu"] < 0.5 * first, (doc["final"]["fvu"], first)
+
+
 @pytest.mark.parametrize("argv, words", [
     (lambda d, o: ["train-sae", "--store", d["store"], "--model", d["model"], "--tasks", d["tasks"], "--out", o,
                    "--hooks", HOOK], ["--store DEST or --model MODEL", "not both"]),

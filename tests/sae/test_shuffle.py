@@ -4,42 +4,13 @@ recomputes only its own window."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests.support.fly_forward import H1, H2, FakeForward
 
 from arclens.sae.shuffle import DeviceShuffle, FlyPosition, buffer_size
 
-H1, H2 = "blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out"
-B, T, D = 4, 24, 6
-N_FORWARD = 11  # forward batches per epoch
-
-
-class FakeForward:
-    """Forward batches of ``B`` prompts each: token (prompt p, position t) has value p * 1000 + t
-    in every column of H1 and its negative in H2; prompts have random lengths, and the last batch
-    of an epoch has a padding row. The batch order depends on the epoch, as the extract job's
-    order_seed makes it."""
-
-    def __init__(self):
-        self.calls = []
-        rng = np.random.default_rng(0)
-        self.lengths = rng.integers(3, T + 1, size=(N_FORWARD, B))
-        self.lengths[-1, -1] = 0  # a padding row
-
-    def __call__(self, epoch, start):
-        self.calls.append((epoch, start))
-        order = np.random.default_rng(epoch).permutation(N_FORWARD)
-        for i in order[start:]:
-            prompt = i * B + np.arange(B)
-            pos = np.arange(T)
-            value = (prompt[:, None] * 1000 + pos[None, :]).astype(np.float32)
-            valid = pos[None, :] < self.lengths[i][:, None]
-            caps = np.repeat(value[:, :, None], D, axis=2)
-            yield {H1: jnp.asarray(caps), H2: jnp.asarray(-caps)}, jnp.asarray(valid)
-
-    def n_tokens(self):
-        return int(self.lengths.sum())
+B, N_FORWARD = 4, 11  # FakeForward's rows and forward batches per epoch
 
 
 def _take(shuffle, forward, n, position=None):
@@ -67,8 +38,7 @@ def test_every_valid_token_once_per_epoch_in_batches_that_mix_prompts(forward):
     got = _take(sh, forward, 2 * per_epoch)
     ids = np.concatenate([_ids(b) for b, _ in got])
     first, second = ids[: per_epoch * bs], ids[per_epoch * bs:]
-    all_tokens = {p * 1000 + t for i in range(N_FORWARD) for r, p in enumerate(range(i * B, i * B + B))
-                  for t in range(forward.lengths[i][r])}
+    all_tokens = forward.tokens()
     assert len(set(first)) == len(first) and set(first) <= all_tokens
     assert len(all_tokens) - len(first) < bs  # all but the carry-over into the next epoch
     assert np.unique(np.concatenate([first, second]), return_counts=True)[1].max() <= 2

@@ -142,7 +142,10 @@ class FlySource:
                 "tasks": {"count": self._tasks["count"], "fingerprint": self._tasks["fingerprint"]},
                 "forward_batches": {"tokens_per_batch": planner.tokens_per_batch, "max_shapes": planner.max_shapes,
                                     "row_multiple": planner.row_multiple, "window_samples": c.window_samples},
-                "shuffle_window": self.window_batches}
+                "shuffle_window": self.window_batches,
+                # Over several data devices the shuffle deals each window out (sae/shuffle.py): a
+                # checkpoint from before the deal is another stream. One device's stream never changed.
+                **({"shuffle_dealt": True} if planner.row_multiple > 1 else {})}
 
     def describe(self) -> dict:
         """The fingerprint plus how the model and tasks were named (arclens.json's ``source``)."""

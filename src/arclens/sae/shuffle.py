@@ -9,10 +9,21 @@ What is left (fewer than a batch) is carried into the next window, across epochs
 valid token is trained on once per epoch. It is the store source's window shuffle
 (store_source.py), with forward batches in place of shards.
 
-A position is ``(epoch, window, batch)`` plus the window's carry-in (fewer than ``batch_tokens``
-rows, copied to the host only when a checkpoint is written). A resumed run recomputes that one
+**Over a data-parallel mesh** the buffer is sharded over the ``data`` axis, so that each device
+holds one device's share of the window, not the whole mesh's. Each device packs the valid tokens
+of its own rows of the forward batches (after its share of the carry), then deals them out: its
+``p``-th packed token goes to device ``p mod D`` (one ``all_to_all``). Every device then holds
+every D-th token of every prompt of the window, within ``D`` tokens of each other's counts, and
+permutes its own share; training batch ``k`` is rows ``[k b, (k + 1) b)`` of every device's share
+(``b = batch_tokens / D``), which is the batch's sharding over ``data``. The carry goes back into
+the next window's deal, so the devices' counts never drift apart: each carries fewer than
+``b + D`` rows. With one device the deal is the identity and is skipped: the stream is the
+one-device stream it always was.
+
+A position is ``(epoch, window, batch)`` plus the window's carry-in (each device's leftover rows,
+copied to the host only when a checkpoint is written). A resumed run recomputes that one
 window's forward batches (the extract job skips the earlier ones without computing them),
-packs and permutes them identically, and continues at the batch it stopped at.
+packs, deals and permutes them identically, and continues at the batch it stopped at.
 
 The buffer's size is a function of the window's batch shapes only (rounded up to a few sizes,
 so there are few compiles); the number of valid tokens is counted on the device and read by the
@@ -29,8 +40,11 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 DEFAULT_WINDOW_BATCHES = 16
+
+ROWS = PartitionSpec("data", None)  # a buffer, a carry or a batch: rows split over the data axis
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,10 @@ class FlyPosition:
     epoch: int = 0
     window: int = 0
     batch: int = 0
-    carry: dict = field(default_factory=dict, compare=False)  # hook -> array [n_carry, d] (device or host)
+    # hook -> the window's carry-in: a device array [D * carry_rows, d] (each device's rows padded),
+    # or, restored from a checkpoint, host rows [sum(carry_counts), d] (each device's rows in turn).
+    carry: dict = field(default_factory=dict, compare=False)
+    carry_counts: tuple = field(default=(), compare=False)  # each device's carried rows
 
     def to_json(self) -> dict:
         return {"epoch": self.epoch, "window": self.window, "batch": self.batch}
@@ -57,29 +74,22 @@ def window_key(seed: int, epoch: int, window: int):
     return jax.random.fold_in(jax.random.fold_in(key, epoch), window)
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
-def _start(carry, size: int):
-    """A buffer of ``size`` rows that starts with the ``[batch_tokens, d]`` carry."""
-    return jax.lax.dynamic_update_slice_in_dim(jnp.zeros((size, carry.shape[1]), carry.dtype), carry, 0, axis=0)
+def shard_keys(key, n_shards: int):
+    """One permutation key per device: the window's own key on device 0 (so that one device keeps
+    the one-device stream), folded with the device's index on the others."""
+    return jnp.stack([key] + [jax.random.fold_in(key, j) for j in range(1, n_shards)])
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _pack(buffer, offset, captures, valid):
-    """``captures [B, T, d]``'s valid tokens, in order, written at ``buffer[offset:]``."""
-    flat = captures.reshape(-1, captures.shape[-1]).astype(buffer.dtype)
-    v = valid.reshape(-1)
-    dest = jnp.where(v, offset + jnp.cumsum(v) - 1, buffer.shape[0])
-    return buffer.at[dest].set(flat, mode="drop"), offset + jnp.sum(v, dtype=jnp.int32)
+def dealt_counts(counts, n_shards: int) -> np.ndarray:
+    """How many tokens each device holds after the deal, from each device's packed count: device
+    ``j`` gets token ``p`` of device ``i`` for every ``p < counts[i]`` with ``p mod D == j``."""
+    counts = np.asarray(counts, np.int64)
+    j = np.arange(n_shards)
+    return ((counts[None, :] - j[:, None] + n_shards - 1) // n_shards).sum(axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("shuffle",))
-def _permute(buffers, n_total, key, shuffle: bool):
-    if not shuffle:
-        return buffers
-    size = next(iter(buffers.values())).shape[0]
-    keys = jnp.where(jnp.arange(size) < n_total, jax.random.uniform(key, (size,)), 2.0)
-    perm = jnp.argsort(keys)  # the n_total valid rows first, uniformly permuted
-    return {h: b[perm] for h, b in buffers.items()}
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
 
 
 class DeviceShuffle:
@@ -87,7 +97,8 @@ class DeviceShuffle:
 
     ``forward(epoch, start)`` must yield ``(captures {hook: [B, T, d]}, valid [B, T])`` for the
     forward batches of ``epoch`` from index ``start`` on, and end at the epoch's end, or early on
-    a stop request (``stopped()`` is then True, and this stream ends too).
+    a stop request (``stopped()`` is then True, and this stream ends too). ``batch_sharding``
+    (the trainer's, rows over the mesh's ``data`` axis) sets the mesh; without it, one device.
     """
 
     def __init__(self, hooks, *, batch_tokens: int, seed: int, window_batches: int = DEFAULT_WINDOW_BATCHES,
@@ -99,19 +110,25 @@ class DeviceShuffle:
         self.shuffle = shuffle
         self.dtype = jnp.dtype(dtype)
         self.stopped = stopped
-        bs = batch_tokens
-
-        def cut(buffers, j):
-            return {h: jax.lax.dynamic_slice_in_dim(b, j * bs, bs) for h, b in buffers.items()}
-
-        self._cut = jax.jit(cut, **({"out_shardings": batch_sharding} if batch_sharding is not None else {}))
-        self._carry_cut = jax.jit(cut)
+        if batch_sharding is not None:
+            self.mesh = batch_sharding.mesh
+        else:
+            self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+        self.n_shards = D = int(dict(self.mesh.shape).get("data", 1))
+        if batch_tokens % D:
+            raise ValueError(f"batch_tokens {batch_tokens} does not divide over the data axis's {D} devices")
+        self.shard_batch = batch_tokens // D
+        # Each device carries fewer than its share of a batch plus D rows (the deal's imbalance).
+        self.carry_rows = self.shard_batch + D - 1
+        self._fns = _shard_functions(self.mesh, D, self.shard_batch, self.carry_rows, shuffle)
 
     def batches(self, forward, position: FlyPosition | None = None) -> Iterator[tuple[dict, FlyPosition]]:
+        from arclens.sae.trainer import to_host
+
         pos = position or FlyPosition()
         epoch, w, b0 = pos.epoch, pos.window, pos.batch
-        bs, W = self.batch_tokens, self.window_batches
-        carry, n_carry = self._carry_from(pos.carry)
+        W, D, f = self.window_batches, self.n_shards, self._fns
+        carry, counts = self._carry_from(pos)
         while True:
             stream = forward(epoch, w * W)
             while True:
@@ -124,60 +141,167 @@ class DeviceShuffle:
                     return
                 if not chunk:
                     break  # the epoch is over
-                # Room for the carry, every token of the window, and one batch of slack after the
-                # last full batch (so the carry is cut from inside the buffer).
-                size = buffer_size(2 * bs + sum(int(np.prod(valid.shape)) for _, valid in chunk))
-                carry_in = {h: (carry[h], n_carry) for h in self.hooks} if carry else {}
-                buffers = {}
-                for h in self.hooks:
-                    width = chunk[0][0][h].shape[-1]
-                    buf = _start(carry[h] if carry else jnp.zeros((bs, width), self.dtype), size)
-                    off = jnp.int32(n_carry)
-                    for caps, valid in chunk:
-                        buf, off = _pack(buf, off, caps[h], valid)
-                    buffers[h], n_dev = buf, off
+                for _, valid in chunk:
+                    if valid.shape[0] % D:
+                        raise ValueError(f"a forward batch of {valid.shape[0]} rows does not divide over "
+                                         f"the data axis's {D} devices")
+                # Each device's slots: its share of the carry and of every forward batch's slots.
+                slots = sum(int(np.prod(valid.shape)) for _, valid in chunk) // D
+                dealt_size = buffer_size(2 * self.carry_rows + slots + D - 1)
+                packed_size = dealt_size if D == 1 else _round_up(buffer_size(self.carry_rows + slots), D)
+                carry_in, counts_in = carry, (counts if carry else ())
+                if not carry:  # a run's first window
+                    carry = {h: self._on_mesh(np.zeros((D * self.carry_rows, chunk[0][0][h].shape[-1]), self.dtype))
+                             for h in self.hooks}
+                buffers, offsets = f.start(carry, self._on_mesh(np.asarray(counts, np.int32)), packed_size)
+                for caps, valid in chunk:
+                    buffers, offsets = f.pack(buffers, offsets, {h: caps[h] for h in self.hooks}, valid)
                 del chunk
-                n_total = int(n_dev)  # the one host read of the window
-                mixed = _permute(buffers, jnp.int32(n_total), window_key(self.seed, epoch, w), self.shuffle)
+                packed = to_host(offsets)  # the one host read of the window
+                held = dealt_counts(packed, D) if D > 1 else packed
+                keys = self._on_mesh(shard_keys(window_key(self.seed, epoch, w), D))
+                mixed = f.mix(buffers, offsets, keys, dealt_size)
                 del buffers
-                full = n_total // bs
+                full = int(held.min()) // self.shard_batch
                 for j in range(b0, full):
-                    yield self._cut(mixed, jnp.int32(j)), FlyPosition(epoch, w, j + 1, carry_in)
-                carry, n_carry = self._carry_cut(mixed, jnp.int32(full)), n_total - full * bs
+                    yield f.cut(mixed, jnp.int32(j)), FlyPosition(epoch, w, j + 1, carry_in, counts_in)
+                carry = f.carry(mixed, jnp.int32(full))
+                counts = tuple(int(n) for n in held - full * self.shard_batch)
                 del mixed
                 b0 = 0
                 w += 1
             epoch, w = epoch + 1, 0
 
-    def _carry_from(self, saved: dict):
-        """``({hook: [batch_tokens, d] device array}, n)`` from a position's carry."""
-        if not saved:
-            return {}, 0
-        out, n = {}, 0
-        for h, value in saved.items():
-            if isinstance(value, tuple):  # (padded device array, count), as batches() makes them
-                out[h], n = value
+    def _on_mesh(self, x):
+        """A host array split over the data axis, ``x[j]`` on device j (each process holds all of it)."""
+        x = np.asarray(x)
+        sharding = NamedSharding(self.mesh, PartitionSpec("data", *(None,) * (x.ndim - 1)))
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    def _carry_from(self, pos: FlyPosition):
+        """``({hook: [D * carry_rows, d] on the mesh}, each device's count)`` from a position."""
+        D, C = self.n_shards, self.carry_rows
+        if not pos.carry:
+            return {}, (0,) * D
+        counts = tuple(int(n) for n in pos.carry_counts)
+        if len(counts) != D:
+            raise ValueError(f"a carry of {len(counts)} devices' rows on a data axis of {D}")
+        out = {}
+        for h, value in pos.carry.items():
+            if isinstance(value, jax.Array):  # as batches() made it
+                out[h] = value
                 continue
             rows = np.asarray(value)
-            n = rows.shape[0]
-            padded = np.zeros((self.batch_tokens, rows.shape[1]), rows.dtype)
-            padded[:n] = rows
-            out[h] = jnp.asarray(padded, self.dtype)
-        return out, n
+            padded = np.zeros((D * C, rows.shape[1]), rows.dtype)
+            at = 0
+            for j, n in enumerate(counts):
+                padded[j * C: j * C + n] = rows[at: at + n]
+                at += n
+            out[h] = self._on_mesh(padded.astype(self.dtype))
+        return out, counts
 
     def position_to_checkpoint(self, position: FlyPosition | None):
+        """``(doc, arrays)``: each device's carried rows in turn, and with several devices their
+        counts (one device writes what it always wrote)."""
         from arclens.sae.trainer import to_host
 
         position = position or FlyPosition()
-        arrays = {}
+        doc, arrays = position.to_json(), {}
+        counts = tuple(int(n) for n in position.carry_counts)
         for h, value in position.carry.items():
-            padded, n = value if isinstance(value, tuple) else (value, len(value))
-            arrays[f"data/carry/{h}"] = np.asarray(to_host(padded) if not isinstance(padded, np.ndarray) else padded)[:n]
-        return position.to_json(), arrays
+            if isinstance(value, jax.Array):  # each device's rows padded, as batches() made them
+                padded, rows = to_host(value), value.shape[0] // len(counts)
+                value = np.concatenate([padded[j * rows: j * rows + n] for j, n in enumerate(counts)])
+            arrays[f"data/carry/{h}"] = np.asarray(value)
+        if len(counts) > 1:
+            doc["carry_counts"] = list(counts)
+        return doc, arrays
 
     def position_from_checkpoint(self, doc: dict, arrays: dict) -> FlyPosition:
         carry = {h: arrays[f"data/carry/{h}"] for h in self.hooks if f"data/carry/{h}" in arrays}
-        return FlyPosition(int(doc["epoch"]), int(doc["window"]), int(doc["batch"]), carry)
+        if "carry_counts" in doc:
+            counts = tuple(int(n) for n in doc["carry_counts"])
+        else:
+            counts = (len(next(iter(carry.values()))),) if carry else ()
+        return FlyPosition(int(doc["epoch"]), int(doc["window"]), int(doc["batch"]), carry, counts)
+
+
+@dataclass(frozen=True)
+class _ShardFunctions:
+    start: Callable
+    pack: Callable
+    mix: Callable
+    cut: Callable
+    carry: Callable
+
+
+@functools.lru_cache(maxsize=32)
+def _shard_functions(mesh, D: int, shard_batch: int, carry_rows: int, shuffle: bool) -> _ShardFunctions:
+    """The buffer's steps, each one program in which every device works on its own rows."""
+    rows, one, whole = ROWS, PartitionSpec("data"), PartitionSpec()
+
+    def on_mesh(fn, in_specs, out_specs, **jit_options):
+        return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs), **jit_options)
+
+    def start(carry, counts, *, size):
+        return {h: jax.lax.dynamic_update_slice_in_dim(jnp.zeros((size, c.shape[1]), c.dtype), c, 0, axis=0)
+                for h, c in carry.items()}, counts
+
+    def pack(buffers, offsets, captures, valid):
+        """This device's rows of a forward batch: their valid tokens, in order, from ``offset`` on."""
+        v = valid.reshape(-1)
+        out = {}
+        for h, b in buffers.items():
+            dest = jnp.where(v, offsets[0] + jnp.cumsum(v) - 1, b.shape[0])
+            flat = captures[h].reshape(-1, captures[h].shape[-1]).astype(b.dtype)
+            out[h] = b.at[dest].set(flat, mode="drop")
+        return out, offsets + jnp.sum(v, dtype=jnp.int32)
+
+    def mix(buffers, offsets, keys, *, size):
+        n = offsets[0]
+        if D > 1:
+            counts = jax.lax.all_gather(n, "data")
+            j = jax.lax.axis_index("data")
+            got = (counts - j + D - 1) // D  # from device i: its tokens p < n_i with p mod D == j
+            first = jnp.cumsum(got) - got
+            n = jnp.sum(got)
+            q = jnp.arange(next(iter(buffers.values())).shape[0] // D)
+            dest = jnp.where(q[None, :] < got[:, None], first[:, None] + q[None, :], size).reshape(-1)
+
+            def deal(b):
+                out = b.reshape(-1, D, b.shape[1]).transpose(1, 0, 2)  # out[k]: the rows p mod D == k
+                back = jax.lax.all_to_all(out, "data", 0, 0)  # back[i]: device i's rows p mod D == j
+                flat = back.reshape(-1, b.shape[1])
+                return jnp.zeros((size, b.shape[1]), b.dtype).at[dest].set(flat, mode="drop")
+
+            buffers = {h: deal(b) for h, b in buffers.items()}
+        if not shuffle:
+            return buffers
+        size = next(iter(buffers.values())).shape[0]
+        order = jnp.where(jnp.arange(size) < n, jax.random.uniform(keys[0], (size,)), 2.0)
+        perm = jnp.argsort(order)  # the n valid rows first, uniformly permuted
+        return {h: b[perm] for h, b in buffers.items()}
+
+    def cut(mixed, k):
+        return {h: jax.lax.dynamic_slice_in_dim(b, k * shard_batch, shard_batch) for h, b in mixed.items()}
+
+    def carry(mixed, full):
+        return {h: jax.lax.dynamic_slice_in_dim(b, full * shard_batch, carry_rows) for h, b in mixed.items()}
+
+    @functools.lru_cache(maxsize=64)
+    def sized(fn, size: int):
+        """``fn`` for one buffer size (a static shape, so one program per size)."""
+        if fn is start:
+            return on_mesh(functools.partial(start, size=size), (rows, one), (rows, one))
+        return on_mesh(functools.partial(mix, size=size), (rows, one, rows), rows, donate_argnums=(0,))
+
+    return _ShardFunctions(
+        start=lambda c, counts, size: sized(start, size)(c, counts),
+        pack=on_mesh(pack, (rows, one, PartitionSpec("data", None, None), rows), (rows, one), donate_argnums=(0,)),
+        mix=lambda b, offsets, keys, size: sized(mix, size)(b, offsets, keys),
+        cut=on_mesh(cut, (rows, whole), rows),
+        carry=on_mesh(carry, (rows, whole), rows),
+    )
 
 
 def epoch_order_seed(seed: int, epoch: int) -> int:
