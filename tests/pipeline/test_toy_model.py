@@ -174,7 +174,9 @@ def test_sigterm_saves_the_model_trained_so_far(tmp_path):
     assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".")] == []  # no staging left
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from arclens.cli import main
+
     tasks = tmp_path / "no_outputs.json"
     tasks.write_text(json.dumps({"t1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}}))
     busy = tmp_path / "busy"
@@ -190,9 +192,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         (["toy-model", tmp_path / "c", "--tasks", "arc-agi-1/training", "--lr", "-1"], "--lr"),
     ]
     for args, words in cases:
-        r = run_cli(args)
-        assert r.returncode == 2, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+        assert main([str(a) for a in args]) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "no_outputs.json"]
     assert (busy / "x").read_text() == "keep me"
 
