@@ -21,7 +21,7 @@ import signal
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from tests.support.cli import run_cli
+from tests.support.cli import free_port, run_cli, start_cli, wait_ok
 from tests.support.tasks import write_small_tasks
 
 from arclens.cli import build_parser, main
@@ -155,19 +155,33 @@ def test_resume_on_the_fly_ends_with_an_uninterrupted_runs_weights(data, tmp_pat
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_data_parallel_on_the_fly_resumes_to_the_uninterrupted_weights(data, tmp_path):
+def test_data_parallel_on_the_fly_over_two_processes_and_resumed(data, tmp_path):
     """At ``--mesh 2,1`` each device packs its own rows of the forward batches and holds its share
-    of the shuffle window (the deal of sae/shuffle.py; tests/sae/test_shuffle_mesh.py). SIGTERM
-    after step 18 (pass 0's second window, each device carrying rows of its own), then the same
-    command: the uninterrupted run's weights (the bar is 1e-6). It trains: FVU well below the first
-    step's."""
+    of the shuffle window (the deal of sae/shuffle.py; tests/sae/test_shuffle_mesh.py).
+
+    - One process of 2 devices and two processes of one device each (jax.distributed on
+      localhost, checkpoints every 4 steps, so every process takes part in writing the carry)
+      train the same SAE, up to float summation order.
+    - SIGTERM after step 18 (pass 0's second window, each device carrying rows of its own), then
+      the same command: the uninterrupted run's weights (the bar is 1e-6).
+    - It trains: the FVU ends well below the first step's."""
     from arclens.sae import checkpoint as ckpt
     from arclens.store import fs as fsx
 
     two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     extra = ("--tokens", str(24 * 256), "--checkpoint-every", "4", "--mesh", "2,1")
-    r = run_cli(_fly(data, tmp_path / "ref", *extra), **two)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    coordinator = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"p{i}.log" for i in range(2)] + [tmp_path / "ref.log"]
+    procs = [start_cli([*_fly(data, tmp_path / "mp", *extra), "--coordinator", coordinator, "--num-processes", "2",
+                        "--process-id", str(i)], logs[i], JAX_NUM_CPU_DEVICES=1) for i in range(2)]
+    procs.append(start_cli(_fly(data, tmp_path / "ref", *extra), logs[2], **two))
+    wait_ok(procs, logs)
+    assert all(f"jax.distributed: process {i} of 2" in logs[i].read_text() for i in range(2))
+    want = _weights(tmp_path / "ref")
+    for name, value in _weights(tmp_path / "mp").items():
+        np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=1e-4 * float(np.abs(want[name]).max()),
+                                   err_msg=name)
+
     out = tmp_path / "out"
     r = run_cli(_fly(data, out, *extra), ARCLENS_TEST_CRASH_AT="sae-step:18=TERM", **two)
     assert r.returncode == 0 and "stopped by SIGTERM after step 18/24" in r.stdout, r.stdout + r.stderr
@@ -176,7 +190,7 @@ def test_data_parallel_on_the_fly_resumes_to_the_uninterrupted_weights(data, tmp
     assert len(counts) == 2 and min(counts) > 0 and arrays[f"data/carry/{HOOK}"].shape[0] == sum(counts)
     r = run_cli(_fly(data, out, *extra), **two)
     assert r.returncode == 0, r.stderr[-3000:]
-    got, want = _weights(out), _weights(tmp_path / "ref")
+    got = _weights(out)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
     doc = _doc(out)

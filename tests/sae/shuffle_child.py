@@ -68,7 +68,8 @@ def run(spec: str) -> dict:
         doc, arrays = sh.position_to_checkpoint(got[skip - 1][1])
         restored = sh.position_from_checkpoint(json.loads(json.dumps(doc)), {k: np.array(v) for k, v in arrays.items()})
         again = take(sh, FakeForward(place=placer(mesh)), 6, restored)
-        resumed.append(all(np.array_equal(a[0][h], b[0][h]) for a, b in zip(got[skip:], again) for h in (H1, H2)))
+        resumed.append(len(again) == 6 and all(np.array_equal(a[0][h], b[0][h]) for a, b in zip(got[skip:], again)
+                                                for h in (H1, H2)))
     # The bytes each device holds with the first batch of a larger window out.
     big = FakeForward(rows=8, length=512, width=64, n_forward=8, place=placer(mesh))
     stream = shuffle(mesh, batch_tokens=256, window_batches=8).batches(big)

@@ -76,6 +76,7 @@ def test_resume_from_a_checkpointed_position_recomputes_only_its_window(forward,
     restored = sh.position_from_checkpoint(doc, {k: np.array(v) for k, v in arrays.items()})
     again = FakeForward()
     resumed = _take(DeviceShuffle([H1, H2], batch_tokens=16, seed=1, window_batches=4), again, 6, restored)
+    assert len(resumed) == 6
     for (x, _), (y, _) in zip(full[skip:], resumed):
         for h in (H1, H2):
             np.testing.assert_array_equal(x[h], y[h])

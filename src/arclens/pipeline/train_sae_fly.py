@@ -166,7 +166,7 @@ class FlySource:
             stream.close()
             self._open.remove(stream)
 
-    def _shuffler(self, sharding=None) -> DeviceShuffle:
+    def _shuffler(self, sharding) -> DeviceShuffle:
         return DeviceShuffle(self.hooks, batch_tokens=self.batch_tokens, seed=self.seed,
                              window_batches=self.window_batches, shuffle=self.shuffle, dtype=self.feed_dtype,
                              batch_sharding=sharding)
@@ -183,10 +183,14 @@ class FlySource:
                 self._open.remove(stream)
 
     def position_to_checkpoint(self, position):
-        return self._shuffler().position_to_checkpoint(position)
+        from arclens.sae.shuffle import position_to_checkpoint
+
+        return position_to_checkpoint(position)
 
     def position_from_checkpoint(self, doc: dict, arrays: dict):
-        return self._shuffler().position_from_checkpoint(doc, arrays)
+        from arclens.sae.shuffle import position_from_checkpoint
+
+        return position_from_checkpoint(self.hooks, doc, arrays)
 
     def close(self) -> None:
         """Stop the forward passes still in flight (the trainer leaves its stream suspended)."""

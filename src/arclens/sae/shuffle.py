@@ -7,7 +7,8 @@ valid tokens, in order), the buffer is permuted on the device with a key drawn f
 ``(seed, epoch, window)``, and consecutive ``batch_tokens`` rows of it are the training batches.
 What is left (fewer than a batch) is carried into the next window, across epochs too, so every
 valid token is trained on once per epoch. It is the store source's window shuffle
-(store_source.py), with forward batches in place of shards.
+(store_source.py), with forward batches in place of shards. (Over D data devices, "fewer than a
+batch" is each device's: fewer than its share of a batch plus D rows, below.)
 
 **Over a data-parallel mesh** the buffer is sharded over the ``data`` axis, so that each device
 holds one device's share of the window, not the whole mesh's. Each device packs the valid tokens
@@ -72,12 +73,6 @@ def buffer_size(rows: int) -> int:
 def window_key(seed: int, epoch: int, window: int):
     key = jax.random.PRNGKey(seed)
     return jax.random.fold_in(jax.random.fold_in(key, epoch), window)
-
-
-def shard_keys(key, n_shards: int):
-    """One permutation key per device: the window's own key on device 0 (so that one device keeps
-    the one-device stream), folded with the device's index on the others."""
-    return jnp.stack([key] + [jax.random.fold_in(key, j) for j in range(1, n_shards)])
 
 
 def dealt_counts(counts, n_shards: int) -> np.ndarray:
@@ -145,22 +140,22 @@ class DeviceShuffle:
                     if valid.shape[0] % D:
                         raise ValueError(f"a forward batch of {valid.shape[0]} rows does not divide over "
                                          f"the data axis's {D} devices")
-                # Each device's slots: its share of the carry and of every forward batch's slots.
+                # Each device's slots: its share of every forward batch's slots. One size for the
+                # packed buffer and the dealt one, so that the deal reuses the packed buffer's
+                # memory (a donation XLA takes only between buffers of one shape): it holds the
+                # carry, the slots, the deal's imbalance and a carry's worth of slack to cut from.
                 slots = sum(int(np.prod(valid.shape)) for _, valid in chunk) // D
-                dealt_size = buffer_size(2 * self.carry_rows + slots + D - 1)
-                packed_size = dealt_size if D == 1 else _round_up(buffer_size(self.carry_rows + slots), D)
+                size = _round_up(buffer_size(2 * self.carry_rows + slots + D - 1), D)
                 carry_in, counts_in = carry, (counts if carry else ())
                 if not carry:  # a run's first window
                     carry = {h: self._on_mesh(np.zeros((D * self.carry_rows, chunk[0][0][h].shape[-1]), self.dtype))
                              for h in self.hooks}
-                buffers, offsets = f.start(carry, self._on_mesh(np.asarray(counts, np.int32)), packed_size)
+                buffers, offsets = f.start(carry, self._on_mesh(np.asarray(counts, np.int32)), size)
                 for caps, valid in chunk:
                     buffers, offsets = f.pack(buffers, offsets, {h: caps[h] for h in self.hooks}, valid)
                 del chunk
-                packed = to_host(offsets)  # the one host read of the window
-                held = dealt_counts(packed, D) if D > 1 else packed
-                keys = self._on_mesh(shard_keys(window_key(self.seed, epoch, w), D))
-                mixed = f.mix(buffers, offsets, keys, dealt_size)
+                held = dealt_counts(to_host(offsets), D)  # the one host read of the window
+                mixed = f.mix(buffers, offsets, window_key(self.seed, epoch, w), size)
                 del buffers
                 full = int(held.min()) // self.shard_batch
                 for j in range(b0, full):
@@ -186,6 +181,8 @@ class DeviceShuffle:
         counts = tuple(int(n) for n in pos.carry_counts)
         if len(counts) != D:
             raise ValueError(f"a carry of {len(counts)} devices' rows on a data axis of {D}")
+        if set(pos.carry) != set(self.hooks):
+            raise ValueError(f"a carry of hooks {sorted(pos.carry)}, for a stream of {sorted(self.hooks)}")
         out = {}
         for h, value in pos.carry.items():
             if isinstance(value, jax.Array):  # as batches() made it
@@ -201,29 +198,40 @@ class DeviceShuffle:
         return out, counts
 
     def position_to_checkpoint(self, position: FlyPosition | None):
-        """``(doc, arrays)``: each device's carried rows in turn, and with several devices their
-        counts (one device writes what it always wrote)."""
-        from arclens.sae.trainer import to_host
-
-        position = position or FlyPosition()
-        doc, arrays = position.to_json(), {}
-        counts = tuple(int(n) for n in position.carry_counts)
-        for h, value in position.carry.items():
-            if isinstance(value, jax.Array):  # each device's rows padded, as batches() made them
-                padded, rows = to_host(value), value.shape[0] // len(counts)
-                value = np.concatenate([padded[j * rows: j * rows + n] for j, n in enumerate(counts)])
-            arrays[f"data/carry/{h}"] = np.asarray(value)
-        if len(counts) > 1:
-            doc["carry_counts"] = list(counts)
-        return doc, arrays
+        return position_to_checkpoint(position)
 
     def position_from_checkpoint(self, doc: dict, arrays: dict) -> FlyPosition:
-        carry = {h: arrays[f"data/carry/{h}"] for h in self.hooks if f"data/carry/{h}" in arrays}
-        if "carry_counts" in doc:
-            counts = tuple(int(n) for n in doc["carry_counts"])
-        else:
-            counts = (len(next(iter(carry.values()))),) if carry else ()
-        return FlyPosition(int(doc["epoch"]), int(doc["window"]), int(doc["batch"]), carry, counts)
+        return position_from_checkpoint(self.hooks, doc, arrays)
+
+
+def position_to_checkpoint(position: FlyPosition | None) -> tuple[dict, dict]:
+    """``(doc, arrays)``: each device's carried rows in turn, and with several devices their
+    counts (one device writes what it always wrote). Every process must call it: the carry is
+    split over the data axis, which may span processes."""
+    from arclens.sae.trainer import to_host
+
+    position = position or FlyPosition()
+    doc, arrays = position.to_json(), {}
+    counts = tuple(int(n) for n in position.carry_counts)
+    for h, value in position.carry.items():
+        if isinstance(value, jax.Array):  # each device's rows padded, as batches() made them
+            padded, rows = to_host(value), value.shape[0] // len(counts)
+            value = np.concatenate([padded[j * rows: j * rows + n] for j, n in enumerate(counts)])
+        arrays[f"data/carry/{h}"] = np.asarray(value)
+    if len(counts) > 1:
+        doc["carry_counts"] = list(counts)
+    return doc, arrays
+
+
+def position_from_checkpoint(hooks, doc: dict, arrays: dict) -> FlyPosition:
+    """The position ``position_to_checkpoint`` wrote; its carry is host rows until ``batches``
+    puts it back on the mesh."""
+    carry = {h: arrays[f"data/carry/{h}"] for h in hooks if f"data/carry/{h}" in arrays}
+    if "carry_counts" in doc:
+        counts = tuple(int(n) for n in doc["carry_counts"])
+    else:  # one device
+        counts = (len(next(iter(carry.values()))),) if carry else ()
+    return FlyPosition(int(doc["epoch"]), int(doc["window"]), int(doc["batch"]), carry, counts)
 
 
 @dataclass(frozen=True)
@@ -257,30 +265,36 @@ def _shard_functions(mesh, D: int, shard_batch: int, carry_rows: int, shuffle: b
             out[h] = b.at[dest].set(flat, mode="drop")
         return out, offsets + jnp.sum(v, dtype=jnp.int32)
 
-    def mix(buffers, offsets, keys, *, size):
+    def mix(buffers, offsets, key, *, size):
+        """Deal (several devices), then permute this device's share with its own key: the
+        window's key on device 0, so that one device keeps the one-device stream, and the key
+        folded with the device's index on the others."""
         n = offsets[0]
+        j = jax.lax.axis_index("data")
         if D > 1:
             counts = jax.lax.all_gather(n, "data")
-            j = jax.lax.axis_index("data")
             got = (counts - j + D - 1) // D  # from device i: its tokens p < n_i with p mod D == j
-            first = jnp.cumsum(got) - got
-            n = jnp.sum(got)
-            q = jnp.arange(next(iter(buffers.values())).shape[0] // D)
-            dest = jnp.where(q[None, :] < got[:, None], first[:, None] + q[None, :], size).reshape(-1)
+            ends = jnp.cumsum(got)
+            n = ends[-1]
+        row = jnp.arange(size)
+        if shuffle:
+            key = jnp.where(j == 0, key, jax.random.fold_in(key, j))
+            row = jnp.argsort(jnp.where(row < n, jax.random.uniform(key, (size,)), 2.0))  # the n valid rows first
+        if D == 1:
+            return {h: b[row] for h, b in buffers.items()} if shuffle else buffers
+        # The dealt share in order is device 0's rows p mod D == j, then device 1's, ...; its
+        # row x comes from device i = the first with ends[i] > x, as that device's
+        # (x - first[i])-th. Gathered straight into the permuted order: no dealt copy is made.
+        i = jnp.minimum(jnp.searchsorted(ends, row, side="right"), D - 1)
+        src = (row - (ends[i] - got[i])) * D + i
+        keep = (jnp.arange(size) < n)[:, None]
 
-            def deal(b):
-                out = b.reshape(-1, D, b.shape[1]).transpose(1, 0, 2)  # out[k]: the rows p mod D == k
-                back = jax.lax.all_to_all(out, "data", 0, 0)  # back[i]: device i's rows p mod D == j
-                flat = back.reshape(-1, b.shape[1])
-                return jnp.zeros((size, b.shape[1]), b.dtype).at[dest].set(flat, mode="drop")
+        def deal(b):
+            out = b.reshape(-1, D, b.shape[1])  # out[:, k]: the rows p mod D == k, for device k
+            back = jax.lax.all_to_all(out, "data", 1, 1).reshape(-1, b.shape[1])  # back[q D + i]: device i's q-th
+            return jnp.where(keep, back[jnp.where(keep[:, 0], src, 0)], 0)
 
-            buffers = {h: deal(b) for h, b in buffers.items()}
-        if not shuffle:
-            return buffers
-        size = next(iter(buffers.values())).shape[0]
-        order = jnp.where(jnp.arange(size) < n, jax.random.uniform(keys[0], (size,)), 2.0)
-        perm = jnp.argsort(order)  # the n valid rows first, uniformly permuted
-        return {h: b[perm] for h, b in buffers.items()}
+        return {h: deal(b) for h, b in buffers.items()}
 
     def cut(mixed, k):
         return {h: jax.lax.dynamic_slice_in_dim(b, k * shard_batch, shard_batch) for h, b in mixed.items()}
@@ -288,17 +302,19 @@ def _shard_functions(mesh, D: int, shard_batch: int, carry_rows: int, shuffle: b
     def carry(mixed, full):
         return {h: jax.lax.dynamic_slice_in_dim(b, full * shard_batch, carry_rows) for h, b in mixed.items()}
 
+    # The buffer's size is static (one program per size, and few sizes: ``buffer_size``).
     @functools.lru_cache(maxsize=64)
-    def sized(fn, size: int):
-        """``fn`` for one buffer size (a static shape, so one program per size)."""
-        if fn is start:
-            return on_mesh(functools.partial(start, size=size), (rows, one), (rows, one))
-        return on_mesh(functools.partial(mix, size=size), (rows, one, rows), rows, donate_argnums=(0,))
+    def start_sized(size: int):
+        return on_mesh(functools.partial(start, size=size), (rows, one), (rows, one))
+
+    @functools.lru_cache(maxsize=64)
+    def mix_sized(size: int):
+        return on_mesh(functools.partial(mix, size=size), (rows, one, whole), rows, donate_argnums=(0,))
 
     return _ShardFunctions(
-        start=lambda c, counts, size: sized(start, size)(c, counts),
+        start=lambda c, counts, size: start_sized(size)(c, counts),
         pack=on_mesh(pack, (rows, one, PartitionSpec("data", None, None), rows), (rows, one), donate_argnums=(0,)),
-        mix=lambda b, offsets, keys, size: sized(mix, size)(b, offsets, keys),
+        mix=lambda b, offsets, key, size: mix_sized(size)(b, offsets, key),
         cut=on_mesh(cut, (rows, whole), rows),
         carry=on_mesh(carry, (rows, whole), rows),
     )

@@ -316,11 +316,12 @@ def _checkpoint(fs, root, step, states, source, position, history, settings_json
     from arclens.distributed.runtime import barrier
 
     host = [jax.tree.map(to_host, st) for st in states]  # collective where arrays span processes
+    # On every process too: the on-the-fly carry is split over the data axis, across processes.
+    pos_json, pos_arrays = source.position_to_checkpoint(position)
     if leader:
         arrays = {}
         for i, st in enumerate(host):
             arrays.update({name: np.asarray(v) for name, v in ckpt.leaves_with_names(st, f"sae{i}")})
-        pos_json, pos_arrays = source.position_to_checkpoint(position)
         arrays.update(pos_arrays)
         ckpt.save(fs, root, step, arrays, {"settings": settings_json, "position": pos_json, "metrics": history})
     barrier(f"arclens-train-sae-checkpoint-{step}", runtime)
