@@ -173,14 +173,20 @@ def test_data_parallel_on_the_fly_over_two_processes_and_resumed(data, tmp_path)
     coordinator = f"127.0.0.1:{free_port()}"
     logs = [tmp_path / f"p{i}.log" for i in range(2)] + [tmp_path / "ref.log"]
     procs = [start_cli([*_fly(data, tmp_path / "mp", *extra), "--coordinator", coordinator, "--num-processes", "2",
-                        "--process-id", str(i)], logs[i], JAX_NUM_CPU_DEVICES=1) for i in range(2)]
-    procs.append(start_cli(_fly(data, tmp_path / "ref", *extra), logs[2], **two))
+                        "--process-id", str(i), "--keep-checkpoints"], logs[i], JAX_NUM_CPU_DEVICES=1)
+             for i in range(2)]
+    procs.append(start_cli([*_fly(data, tmp_path / "ref", *extra), "--keep-checkpoints"], logs[2], **two))
     wait_ok(procs, logs)
     assert all(f"jax.distributed: process {i} of 2" in logs[i].read_text() for i in range(2))
     want = _weights(tmp_path / "ref")
     for name, value in _weights(tmp_path / "mp").items():
         np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=1e-4 * float(np.abs(want[name]).max()),
                                    err_msg=name)
+    # The last checkpoints hold the same position and carry, each device's rows in turn.
+    (mp_header, mp_arrays), (ref_header, ref_arrays) = (ckpt.load_latest(*fsx.get_fs(str(tmp_path / name)))
+                                                        for name in ("mp", "ref"))
+    assert mp_header["position"] == ref_header["position"] and "carry_counts" in ref_header["position"]
+    np.testing.assert_allclose(mp_arrays[f"data/carry/{HOOK}"], ref_arrays[f"data/carry/{HOOK}"], rtol=1e-5, atol=1e-5)
 
     out = tmp_path / "out"
     r = run_cli(_fly(data, out, *extra), ARCLENS_TEST_CRASH_AT="sae-step:18=TERM", **two)

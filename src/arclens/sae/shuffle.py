@@ -229,6 +229,8 @@ def position_from_checkpoint(hooks, doc: dict, arrays: dict) -> FlyPosition:
     carry = {h: arrays[f"data/carry/{h}"] for h in hooks if f"data/carry/{h}" in arrays}
     if "carry_counts" in doc:
         counts = tuple(int(n) for n in doc["carry_counts"])
+        if not carry:
+            raise ValueError(f"a position with carry counts {list(counts)} but no carried rows")
     else:  # one device
         counts = (len(next(iter(carry.values()))),) if carry else ()
     return FlyPosition(int(doc["epoch"]), int(doc["window"]), int(doc["batch"]), carry, counts)
@@ -284,7 +286,8 @@ def _shard_functions(mesh, D: int, shard_batch: int, carry_rows: int, shuffle: b
             return {h: b[row] for h, b in buffers.items()} if shuffle else buffers
         # The dealt share in order is device 0's rows p mod D == j, then device 1's, ...; its
         # row x comes from device i = the first with ends[i] > x, as that device's
-        # (x - first[i])-th. Gathered straight into the permuted order: no dealt copy is made.
+        # (x - (ends[i] - got[i]))-th. Gathered straight into the permuted order: no dealt copy
+        # is made.
         i = jnp.minimum(jnp.searchsorted(ends, row, side="right"), D - 1)
         src = (row - (ends[i] - got[i])) * D + i
         keep = (jnp.arange(size) < n)[:, None]
